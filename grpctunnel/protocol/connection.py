@@ -489,6 +489,14 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         self._schedule(st)
         return True
 
+    def send_message(self, stream_id: int, data: bytes) -> bool:
+        """Queues one response message (empty headers first, if none were sent:
+        headers always precede messages)."""
+        st = self._streams.get(stream_id)
+        if st is not None and not st.headers_sent and not st.closing:
+            self.send_headers(stream_id, tunnel_pb2.Metadata())
+        return super().send_message(stream_id, data)
+
     def close_stream(
         self,
         stream_id: int,

@@ -22,6 +22,7 @@ class SettingsReceived:
 
     revisions: tuple[int, ...]
     initial_window_size: int
+    stream_id: int = -1  # the tunnel itself
 
 
 @dataclass(frozen=True, slots=True)

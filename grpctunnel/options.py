@@ -1,0 +1,76 @@
+"""Options for both ends of a tunnel, and how they become protocol parameters.
+
+Between two peers of this project (both sent the extensions header) windows and chunks
+are large, which is what lets a tunnel stream near the speed of the transport; with any
+other peer, such as a Go peer, they are those the Go library uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from grpctunnel.metadata import MetadataPairs
+from grpctunnel.protocol import DEFAULT_WINDOW, GO_CHUNK_SIZE, SUPPORTED_REVISIONS
+
+if TYPE_CHECKING:
+    from grpctunnel.handler import ReverseTunnel
+
+DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = 4 * 1024 * 1024  # gRPC's default receive limit
+EXTENDED_WINDOW = 4 * 1024 * 1024
+EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RPC itself
+
+
+@dataclass
+class TunnelOptions:
+    """What both ends of a tunnel can tune.
+
+    ``max_receive_message_length`` / ``max_send_message_length`` bound each tunnelled
+    message (None: no limit); beyond them a call fails with RESOURCE_EXHAUSTED.
+    ``disable_flow_control`` uses protocol revision zero (no windows). Window and
+    chunk sizes default to the large ones between peers of this project and Go's
+    otherwise.
+    """
+
+    max_receive_message_length: int | None = DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
+    max_send_message_length: int | None = None
+    disable_flow_control: bool = False
+    initial_window_size: int | None = None
+    max_chunk_size: int | None = None
+
+    def connection_params(self, *, extended_peer: bool) -> dict[str, Any]:
+        """Keyword arguments for a protocol connection with this peer."""
+        window = self.initial_window_size or (EXTENDED_WINDOW if extended_peer else DEFAULT_WINDOW)
+        chunk = self.max_chunk_size or (EXTENDED_CHUNK_SIZE if extended_peer else GO_CHUNK_SIZE)
+        return {
+            "receive_window": window,
+            "max_chunk_size": chunk,
+            "max_receive_message_size": self.max_receive_message_length,
+            "supported_revisions": (0,) if self.disable_flow_control else SUPPORTED_REVISIONS,
+        }
+
+
+@dataclass
+class TunnelServiceHandlerOptions(TunnelOptions):
+    """Options of :class:`~grpctunnel.TunnelServiceHandler`, after the Go library's.
+
+    ``no_reverse_tunnels`` refuses ``OpenReverseTunnel``. ``on_reverse_tunnel_open`` /
+    ``on_reverse_tunnel_close`` are called with the :class:`ReverseTunnel` as reverse
+    tunnels come and go. ``affinity_key`` maps a reverse tunnel (its metadata, its peer)
+    to the key that ``key_as_channel`` selects tunnels by.
+    """
+
+    no_reverse_tunnels: bool = False
+    on_reverse_tunnel_open: Callable[[ReverseTunnel], Any] | None = None
+    on_reverse_tunnel_close: Callable[[ReverseTunnel], Any] | None = None
+    affinity_key: Callable[[ReverseTunnel], Hashable] | None = None
+
+
+@dataclass
+class TunnelClientOptions(TunnelOptions):
+    """Options of :class:`~grpctunnel.PendingChannel` and
+    :class:`~grpctunnel.ReverseTunnelServer`. ``metadata`` is sent when the tunnel RPC
+    opens (the "tunnel metadata" the other side can read: a token, a name)."""
+
+    metadata: MetadataPairs = field(default_factory=tuple)

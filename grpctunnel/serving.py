@@ -1,0 +1,567 @@
+"""The serving side of a tunnel: runs ordinary grpc.aio servicers for calls that
+arrive through it.
+
+:class:`ServiceRegistry` accepts what ``add_XServicer_to_server`` passes to a
+``grpc.aio.Server`` (generic and registered method handlers) and ``register_service``
+(a servicer object plus its service name, typed from the protobuf descriptor pool).
+:class:`ServingSession` turns each opened stream into a :class:`ServerCall`, which runs
+the method handler in its own task with a :class:`TunnelServicerContext`: the full
+``grpc.aio.ServicerContext`` API, with deadlines from ``grpc-timeout`` and cancellation
+from the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import descriptor_pool, message_factory
+
+from grpctunnel import metadata as md
+from grpctunnel.protocol import Code, ServingConnection
+from grpctunnel.protocol import events as ev
+from grpctunnel.session import EOF, Session
+
+log = logging.getLogger("grpctunnel")
+
+MethodSpec = Mapping[str, Any]
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "invocation_metadata")),
+    grpc.HandlerCallDetails,
+):
+    """What generic handlers are asked about (the method and its metadata)."""
+
+
+class ServiceRegistry:
+    """The services one end of a tunnel serves, registered the ways a grpc.aio server
+    accepts them."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._generic: list[grpc.GenericRpcHandler[Any, Any]] = []
+        self._service_names: list[str] = []
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        for handler in generic_rpc_handlers:
+            if not hasattr(handler, "service"):
+                raise TypeError(f"{handler!r} is not a grpc.GenericRpcHandler")
+            self._generic.append(handler)
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        for name, handler in method_handlers.items():
+            self._methods[f"/{service_name}/{name}"] = handler
+        if service_name not in self._service_names:
+            self._service_names.append(service_name)
+
+    def register_service(
+        self,
+        servicer: object,
+        service_name: str,
+        methods: Mapping[str, MethodSpec] | None = None,
+    ) -> None:
+        """Serves ``servicer``'s methods as ``service_name``.
+
+        ``methods`` maps method names to ``{"is_client_stream": bool,
+        "is_server_stream": bool}`` and optionally ``request_deserializer`` /
+        ``response_serializer``. Message types (and, when ``methods`` is left out, the
+        method list) come from the protobuf descriptor pool, so the service's ``_pb2``
+        module must have been imported.
+        """
+        service = _find_service(service_name)
+        if methods is None:
+            if service is None:
+                raise ValueError(
+                    f"service {service_name!r} is not in the protobuf descriptor pool: import its "
+                    "_pb2 module first, or pass the method table"
+                )
+            methods = {
+                m.name: {
+                    "is_client_stream": m.client_streaming,
+                    "is_server_stream": m.server_streaming,
+                }
+                for m in service.methods
+            }
+        full_name = service.full_name if service is not None else service_name
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for name, spec in methods.items():
+            behavior = getattr(servicer, name, None)
+            if behavior is None:
+                raise ValueError(f"{type(servicer).__name__} has no method {name!r}")
+            deserializer = spec.get("request_deserializer")
+            serializer = spec.get("response_serializer")
+            if deserializer is None and service is not None:
+                method = service.methods_by_name.get(name)
+                if method is None:
+                    raise ValueError(f"service {full_name} has no method {name!r}")
+                deserializer = message_factory.GetMessageClass(method.input_type).FromString
+            client_stream = bool(spec.get("is_client_stream", False))
+            server_stream = bool(spec.get("is_server_stream", False))
+            handlers[name] = _method_handler(
+                behavior, client_stream, server_stream, deserializer, serializer
+            )
+        self.add_registered_method_handlers(full_name, handlers)
+
+    def lookup(
+        self, method: str, invocation_metadata: md.MetadataPairs
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._methods.get(method)
+        if handler is not None:
+            return handler
+        if self._generic:
+            details = _CallDetails(method, invocation_metadata)
+            for generic in self._generic:
+                handler = generic.service(details)
+                if handler is not None:
+                    return handler
+        return None
+
+    def service_names(self) -> list[str]:
+        """Names of the services registered with their methods (generic handlers
+        cannot be listed)."""
+        return list(self._service_names)
+
+
+def _find_service(name: str) -> Any:
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindServiceByName(name)
+    except KeyError:
+        return None
+
+
+def _serialize(message: Any) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _method_handler(
+    behavior: Callable[..., Any],
+    client_stream: bool,
+    server_stream: bool,
+    deserializer: Callable[[bytes], Any] | None,
+    serializer: Callable[[Any], bytes] | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    serializer = serializer or _serialize
+    if client_stream and server_stream:
+        return grpc.stream_stream_rpc_method_handler(behavior, deserializer, serializer)
+    if client_stream:
+        return grpc.stream_unary_rpc_method_handler(behavior, deserializer, serializer)
+    if server_stream:
+        return grpc.unary_stream_rpc_method_handler(behavior, deserializer, serializer)
+    return grpc.unary_unary_rpc_method_handler(behavior, deserializer, serializer)
+
+
+class AbortError(grpc.aio.AbortError):  # type: ignore[misc,name-defined]
+    """Raised by ``context.abort()`` to end the handler with the status it set."""
+
+
+class ServingSession(Session[ServingConnection]):
+    """A session on the end of a tunnel that serves calls."""
+
+    def __init__(
+        self,
+        *args: Any,
+        registry: ServiceRegistry,
+        max_send_message_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry = registry
+        self.max_send_message_length = max_send_message_length
+
+    def on_unclaimed_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StreamOpened):
+            self._open_call(event)
+
+    def _open_call(self, event: ev.StreamOpened) -> None:
+        invocation = md.from_proto(event.headers, binary_base64=self.binary_base64)
+        conn = self.conn
+        handler = self.registry.lookup(event.method, invocation)
+        if handler is None:
+            service = event.method[1:].split("/", 1)[0]
+            conn.reject_stream(
+                event.stream_id,
+                Code.UNIMPLEMENTED,
+                f"unknown service or method {event.method} (service {service})",
+            )
+            self.flush()
+            return
+        timeout: float | None = None
+        pairs: list[tuple[str, md.MetadataValue]] = []
+        for key, value in invocation:
+            if key == md.TIMEOUT_HEADER:
+                try:
+                    timeout = md.decode_timeout(str(value))
+                except ValueError as e:
+                    conn.reject_stream(event.stream_id, Code.INVALID_ARGUMENT, str(e))
+                    self.flush()
+                    return
+            else:
+                pairs.append((key, value))
+        conn.accept_stream(event.stream_id, request_streaming=handler.request_streaming)
+        call = ServerCall(self, event.stream_id, event.method, handler, tuple(pairs), timeout)
+        self.listeners[event.stream_id] = call
+        call.start()
+
+
+class ServerCall:
+    """One tunnelled call being served: its request queue, context and handler task."""
+
+    def __init__(
+        self,
+        session: ServingSession,
+        stream_id: int,
+        method: str,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        invocation_metadata: md.MetadataPairs,
+        timeout: float | None,
+    ) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.method = method
+        self.handler = handler
+        self._loop = asyncio.get_running_loop()
+        self._requests: deque[bytes] = deque()
+        self._half_closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._finished = False
+        self._cancel_reason: str | None = None  # "deadline", "cancelled", "tunnel"
+        self.deadline = self._loop.time() + timeout if timeout is not None else None
+        self.context = TunnelServicerContext(self, invocation_metadata)
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run())
+        if self.deadline is not None:
+            self._timer = self._loop.call_at(self.deadline, self._on_deadline)
+
+    # -- events ---------------------------------------------------------------------
+
+    def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived):
+            self._requests.append(event.data)
+            self._wake()
+        elif isinstance(event, ev.HalfClosed):
+            self._half_closed = True
+            self._wake()
+        elif isinstance(event, ev.StreamCancelled):
+            self._cancel("cancelled")
+        elif isinstance(event, ev.StreamFailed):
+            self._cancel("failed")
+
+    def on_tunnel_closed(self, reason: str) -> None:
+        self._cancel("tunnel")
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._cancel("deadline")
+
+    def _cancel(self, reason: str) -> None:
+        if self._finished or self._cancel_reason is not None:
+            return
+        self._cancel_reason = reason
+        self.context._mark_cancelled()
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- requests -------------------------------------------------------------------
+
+    async def read_request(self) -> Any:
+        """The next request message, or EOF once the caller half-closed."""
+        while not self._requests:
+            if self._half_closed:
+                return EOF
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._requests.popleft()
+        conn = self.session.conn
+        conn.message_consumed(self.stream_id)
+        if conn.wants_to_send():
+            self.session.flush()
+        deserializer = self.handler.request_deserializer
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception as e:
+            self.context._set_final(
+                grpc.StatusCode.INTERNAL, f"Exception deserializing request: {e!r}"
+            )
+            raise AbortError() from None
+
+    async def request_iterator(self) -> AsyncIterator[Any]:
+        while True:
+            request = await self.read_request()
+            if request is EOF:
+                return
+            yield request
+
+    async def write_response(self, message: Any) -> None:
+        if self._finished:
+            raise asyncio.InvalidStateError("RPC already finished")
+        serializer = self.handler.response_serializer
+        try:
+            data = serializer(message) if serializer is not None else message
+        except Exception as e:
+            self.context._set_final(
+                grpc.StatusCode.INTERNAL, f"Failed to serialize response: {e!r}"
+            )
+            raise AbortError() from None
+        session = self.session
+        limit = session.max_send_message_length
+        if limit is not None and len(data) > limit:
+            self.context._set_final(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(data)} vs. {limit})",
+            )
+            raise AbortError()
+        self.context._headers_sent = True
+        if session.conn.send_message(self.stream_id, data):
+            session.flush()
+            await session.wait_writable(self.stream_id)
+
+    def send_headers(self, pairs: md.MetadataPairs) -> None:
+        session = self.session
+        session.conn.send_headers(
+            self.stream_id, md.to_proto(pairs, binary_base64=session.binary_base64)
+        )
+        session.flush()
+
+    # -- running --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        ctx = self.context
+        handler = self.handler
+        try:
+            if handler.request_streaming:
+                requests: Any = self.request_iterator()
+            else:
+                requests = await self.read_request()
+                if requests is EOF:
+                    ctx._set_final(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the call ended without its request message",
+                    )
+                    raise AbortError()
+            behavior = _behavior(handler)
+            result = behavior(requests, ctx)
+            if handler.response_streaming:
+                if inspect.isasyncgen(result):
+                    async for response in result:
+                        await self.write_response(response)
+                elif inspect.isawaitable(result):
+                    await result
+                elif result is not None:
+                    for response in result:
+                        await self.write_response(response)
+            else:
+                if inspect.isawaitable(result):
+                    result = await result
+                if ctx._code in (None, grpc.StatusCode.OK):
+                    if result is None:
+                        ctx._set_final(grpc.StatusCode.INTERNAL, "the handler returned no response")
+                    else:
+                        await self.write_response(result)
+        except AbortError:
+            pass
+        except asyncio.CancelledError:
+            reason = self._cancel_reason
+            if reason is None:
+                raise  # the session or the loop is shutting down
+            if reason == "deadline":
+                self._close(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ())
+            self._done()
+            return
+        except Exception as e:
+            log.exception("handler for %s raised", self.method)
+            ctx._set_final(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        code = ctx._code or grpc.StatusCode.OK
+        self._close(code, ctx._details, ctx._trailing)
+        self._done()
+
+    def _close(
+        self, code: grpc.StatusCode, details: str | None, trailers: md.MetadataPairs
+    ) -> None:
+        session = self.session
+        status, rest = md.status_to_proto(code, details, trailers)
+        try:
+            proto_trailers = md.to_proto(rest, binary_base64=session.binary_base64)
+        except md.MetadataError as e:
+            status = md.status_to_proto(grpc.StatusCode.INTERNAL, str(e), ())[0]
+            proto_trailers = None
+        if session.conn.close_stream(self.stream_id, status, proto_trailers):
+            session.flush()
+
+    def _done(self) -> None:
+        self._finished = True
+        self.session.remove_listener(self.stream_id)
+        self.context._run_callbacks()
+
+
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+    if handler.request_streaming and handler.response_streaming:
+        behavior = handler.stream_stream
+    elif handler.request_streaming:
+        behavior = handler.stream_unary
+    elif handler.response_streaming:
+        behavior = handler.unary_stream
+    else:
+        behavior = handler.unary_unary
+    if behavior is None:
+        raise TypeError("method handler has no behavior for its call kind")
+    return behavior  # type: ignore[no-any-return]
+
+
+class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
+    """The ``grpc.aio.ServicerContext`` a handler sees for a tunnelled call."""
+
+    def __init__(self, call: ServerCall, invocation_metadata: md.MetadataPairs) -> None:
+        self._call = call
+        self._invocation_metadata = invocation_metadata
+        self._code: grpc.StatusCode | None = None
+        self._details: str | None = None
+        self._trailing: md.MetadataPairs = ()
+        self._headers_sent = False
+        self._cancelled = False
+        self._done = False
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    # the tunnel this call came through
+    def tunnel_metadata(self) -> md.MetadataPairs:
+        """The metadata the tunnel RPC itself was opened with (e.g. its credentials)."""
+        return self._call.session.tunnel_metadata
+
+    async def read(self) -> Any:
+        if self._call.handler.request_streaming is False:
+            raise grpc.aio.UsageError("read() is only for methods that stream requests")  # type: ignore[attr-defined]
+        return await self._call.read_request()
+
+    async def write(self, message: Any) -> None:
+        await self._call.write_response(message)
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        if self._headers_sent:
+            raise grpc.aio.UsageError("initial metadata was already sent")  # type: ignore[attr-defined]
+        self._headers_sent = True
+        self._call.send_headers(tuple(initial_metadata))
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        if code == grpc.StatusCode.OK:
+            log.error("abort() called with StatusCode.OK; returning UNKNOWN")
+            code = grpc.StatusCode.UNKNOWN
+        self._set_final(code, details)
+        if trailing_metadata:
+            self._trailing = tuple(trailing_metadata)
+        raise AbortError()
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._trailing = tuple(trailing_metadata)
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+    def invocation_metadata(self) -> Any:
+        return self._invocation_metadata
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code or grpc.StatusCode.OK
+
+    def details(self) -> str:
+        return self._details or ""
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        pass  # the tunnel RPC's own compression applies to everything in it
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    def peer(self) -> str:
+        return self._call.session.peer
+
+    def peer_identities(self) -> Iterable[bytes] | None:
+        return None
+
+    def peer_identity_key(self) -> str | None:
+        return None
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
+        return {}
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        deadline = self._call.deadline
+        if deadline is None:
+            return None
+        return max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._done
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    # -- for ServerCall -------------------------------------------------------------
+
+    def _set_final(self, code: grpc.StatusCode, details: str) -> None:
+        self._code = code
+        self._details = details
+
+    def _mark_cancelled(self) -> None:
+        self._cancelled = True
+
+    def _run_callbacks(self) -> None:
+        self._done = True
+        for callback in self._callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("servicer context done callback failed")
+        self._callbacks.clear()
+
+
+__all__: Sequence[str] = [
+    "ServerCall",
+    "ServiceRegistry",
+    "ServingSession",
+    "TunnelServicerContext",
+]

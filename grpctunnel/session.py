@@ -1,0 +1,269 @@
+"""Runs one tunnel over one tunnel RPC: the read loop, the write loop, and the table of
+the tunnelled calls on it.
+
+A session owns a protocol connection (``grpctunnel.protocol``) and a frame stream: the
+grpc.aio call object of the tunnel RPC on the dialling side, its servicer context on
+the accepting side (both offer ``read()`` and ``write()``). The read loop feeds every
+frame to the connection and hands the resulting events to the stream's listener; the
+write loop writes whatever the connection has to send, woken whenever there may be
+something. When the tunnel RPC ends, for whatever reason, every call on it is failed
+and every handler cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+
+from grpctunnel import metadata as md
+from grpctunnel.protocol import (
+    CallingConnection,
+    ProtocolError,
+    ServingConnection,
+)
+from grpctunnel.protocol import events as ev
+
+log = logging.getLogger("grpctunnel")
+
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+Conn = TypeVar("Conn", CallingConnection, ServingConnection)
+
+
+class FrameStream(Protocol):
+    """What a session reads frames from and writes frames to."""
+
+    async def read(self) -> Any: ...
+
+    async def write(self, message: Any) -> None: ...
+
+
+class StreamListener(Protocol):
+    """A tunnelled call (calling side) or handler (serving side) on a session."""
+
+    def on_event(self, event: ev.Event) -> None: ...
+
+    def on_tunnel_closed(self, reason: str) -> None: ...
+
+
+class TunnelClosed(Exception):
+    """Why a session ended: ``code`` and ``details`` as the tunnel RPC should report."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Session(Generic[Conn]):
+    """One tunnel: a connection, a frame stream, and the calls on it."""
+
+    def __init__(
+        self,
+        stream: FrameStream,
+        conn: Conn,
+        *,
+        peer: str,
+        tunnel_metadata: md.MetadataPairs,
+        binary_base64: bool,
+    ) -> None:
+        self.stream = stream
+        self.conn: Conn = conn
+        self.peer = peer
+        self.tunnel_metadata = tunnel_metadata
+        self.binary_base64 = binary_base64
+        self.listeners: dict[int, StreamListener] = {}
+        self.closed = False
+        self.close_reason = ""
+        self.error: TunnelClosed | None = None  # set when the tunnel ended abnormally
+        self._wake = asyncio.Event()
+        self._writable: dict[int, asyncio.Future[None]] = {}
+        self._done = asyncio.get_running_loop().create_future()
+        self._close_callbacks: list[Callable[[Session[Conn]], None]] = []
+        self._loops: tuple[asyncio.Future[None], ...] = ()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    # -- for the adapters -----------------------------------------------------------
+
+    def flush(self) -> None:
+        """Wakes the write loop: the connection may have frames to send."""
+        self._wake.set()
+
+    async def wait_writable(self, stream_id: int) -> None:
+        """Waits until the stream's queued message bytes have all been framed (its
+        send window allowed them), or the stream or tunnel is over."""
+        if self.closed or not self.conn.queued_bytes(stream_id):
+            return
+        fut = self._writable.get(stream_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._writable[stream_id] = fut
+        await asyncio.shield(fut)
+
+    def remove_listener(self, stream_id: int) -> None:
+        """Forgets a finished call; wakes ``wait_idle`` when it was the last."""
+        self.listeners.pop(stream_id, None)
+        if not self.listeners and self._idle_waiters:
+            for fut in self._idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._idle_waiters.clear()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Waits up to ``timeout`` seconds until no call is in progress on the tunnel.
+        Returns whether it became idle."""
+        if not self.listeners or self.closed:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def add_close_callback(self, callback: Callable[[Session[Conn]], None]) -> None:
+        if self.closed:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._done)
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        """Ends the tunnel from this side: every call on it fails (UNAVAILABLE with
+        ``reason``), every handler is cancelled, and :meth:`run` raises
+        :class:`TunnelClosed`."""
+        if self.closed:
+            return
+        self.error = TunnelClosed(code, reason)
+        self._teardown(reason)
+        for task in self._loops:
+            task.cancel()
+
+    # -- the loops ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs the tunnel until its RPC ends. Raises :class:`TunnelClosed` when it
+        ended abnormally (protocol error, broken RPC); returns on a clean end."""
+        writer = asyncio.ensure_future(self._write_loop())
+        reader = asyncio.ensure_future(self._read_loop())
+        self._loops = (reader, writer)
+        reason = "tunnel closed"
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if self.closed or task.cancelled():
+                    continue  # close() was called
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+            reason = "tunnel closed by peer"
+        except ProtocolError as e:
+            self.error = TunnelClosed(_grpc_code(e.code), f"tunnel protocol error: {e.message}")
+            log.warning("tunnel with %s ended: protocol error: %s", self.peer, e.message)
+            reason = self.error.details
+        except grpc.aio.AioRpcError as e:
+            self.error = TunnelClosed(grpc.StatusCode.UNAVAILABLE, f"tunnel lost: {e.details()}")
+            reason = self.error.details
+        except asyncio.CancelledError:
+            reason = "tunnel closed"
+            self._teardown(reason)
+            raise
+        except Exception as e:  # a broken frame stream, a failed write
+            self.error = TunnelClosed(grpc.StatusCode.UNAVAILABLE, f"tunnel lost: {e!r}")
+            reason = self.error.details
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            self._teardown(reason)
+        if self.error is not None:
+            raise self.error
+
+    async def _read_loop(self) -> None:
+        read = self.stream.read
+        receive = self.conn.receive
+        listeners = self.listeners
+        while True:
+            frame = await read()
+            if frame is EOF:
+                return
+            events = receive(frame)
+            for event in events:
+                listener = listeners.get(event.stream_id)
+                if listener is not None:
+                    listener.on_event(event)
+                else:
+                    self.on_unclaimed_event(event)
+            if self.conn.wants_to_send():
+                self._wake.set()
+
+    async def _write_loop(self) -> None:
+        write = self.stream.write
+        take = self.conn.take_frames
+        wake = self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            while True:
+                frames = take()
+                if not frames:
+                    break
+                if self._writable:
+                    self._notify_writable()
+                for frame in frames:
+                    await write(frame)
+
+    def _notify_writable(self) -> None:
+        queued = self.conn.queued_bytes
+        for stream_id in [s for s in self._writable if not queued(s)]:
+            fut = self._writable.pop(stream_id)
+            if not fut.done():
+                fut.set_result(None)
+
+    def on_unclaimed_event(self, event: ev.Event) -> None:
+        """An event for a stream with no listener (overridden by the serving side,
+        where StreamOpened creates the listener)."""
+
+    def _teardown(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        listeners = list(self.listeners.values())
+        self.listeners.clear()
+        for listener in listeners:
+            try:
+                listener.on_tunnel_closed(reason)
+            except Exception:  # pragma: no cover - a listener bug must not stop teardown
+                log.exception("error while failing a call on a closed tunnel")
+        for fut in self._writable.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._writable.clear()
+        for fut in self._idle_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._idle_waiters.clear()
+        if not self._done.done():
+            self._done.set_result(None)
+        for callback in self._close_callbacks:
+            try:
+                callback(self)
+            except Exception:  # pragma: no cover
+                log.exception("tunnel close callback failed")
+        self._close_callbacks.clear()
+
+
+def _grpc_code(code: int) -> grpc.StatusCode:
+    return md.code_from_number(int(code))
