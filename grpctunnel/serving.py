@@ -342,9 +342,12 @@ class ServerCall:
 
     def send_headers(self, pairs: md.MetadataPairs) -> None:
         session = self.session
-        session.conn.send_headers(
-            self.stream_id, md.to_proto(pairs, binary_base64=session.binary_base64)
-        )
+        try:
+            headers = md.to_proto(pairs, binary_base64=session.binary_base64)
+        except md.MetadataError as e:
+            self.context._set_final(grpc.StatusCode.INTERNAL, str(e))
+            raise AbortError() from None
+        session.conn.send_headers(self.stream_id, headers)
         session.flush()
 
     # -- running --------------------------------------------------------------------
