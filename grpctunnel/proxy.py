@@ -1,0 +1,188 @@
+"""Forwarding calls as raw bytes, for any method of any service, without its schema.
+
+:class:`ProxyHandler` is a ``grpc.GenericRpcHandler``: add it to a ``grpc.aio.Server``,
+a :class:`~grpctunnel.TunnelServiceHandler` or a
+:class:`~grpctunnel.ReverseTunnelServer`, and every call it is asked about is routed
+(by a function of the method and metadata) to a ``grpc.aio.Channel`` and relayed both
+ways: messages as bytes, request metadata, response headers and trailers, the deadline,
+cancellation, and the final status with its rich details. Every call kind is relayed as
+a bidirectional stream, which is what each of them is on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from grpctunnel import metadata as md
+from grpctunnel.session import EOF
+
+log = logging.getLogger("grpctunnel")
+
+
+@dataclass(frozen=True)
+class RouteError:
+    """A routing decision to fail the call with this status."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where to send one call. With ``name``, a failure to reach the upstream at all
+    is reported as "<name> unavailable: ..." so the caller learns which hop failed."""
+
+    channel: grpc.aio.Channel
+    name: str | None = None
+
+
+RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
+CallObserver = Callable[[str, grpc.StatusCode, float], None]
+
+# hop-by-hop headers of the tunnel itself, never relayed
+_NOT_RELAYED = frozenset({"authorization", md.NEGOTIATE_HEADER, md.EXTENSIONS_HEADER})
+
+
+def relayable(pairs: Any, extra_dropped: frozenset[str] = frozenset()) -> md.MetadataPairs:
+    """Metadata that may be relayed: no transport headers, no deadline (it is passed
+    as a timeout), no credentials of the hop."""
+    out = []
+    for key, value in pairs or ():
+        if (
+            md.is_reserved(key)
+            or key == md.TIMEOUT_HEADER
+            or key in _NOT_RELAYED
+            or key in extra_dropped
+        ):
+            continue
+        out.append((key, value))
+    return tuple(out)
+
+
+class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
+    """Relays every call that ``route`` gives a :class:`Route` for.
+
+    ``route`` returning None leaves the call to other handlers; returning a
+    :class:`RouteError` fails it with that status. ``observer``, if given, is told the
+    method, final code and duration of each relayed call.
+    """
+
+    def __init__(
+        self,
+        route: RouteFn,
+        *,
+        observer: CallObserver | None = None,
+        drop_headers: frozenset[str] = frozenset(),
+    ) -> None:
+        self._route = route
+        self._observer = observer
+        self._drop = drop_headers
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        pairs = tuple(handler_call_details.invocation_metadata or ())
+        decision = self._route(method, pairs)
+        if decision is None:
+            return None
+        if isinstance(decision, RouteError):
+            return grpc.stream_stream_rpc_method_handler(_failing(decision))
+        return grpc.stream_stream_rpc_method_handler(self._relay_for(method, decision))
+
+    def _relay_for(self, method: str, route: Route) -> Callable[[Any, Any], AsyncIterator[bytes]]:
+        async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+            started = asyncio.get_running_loop().time()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                async for message in relay_call(route, method, requests, context, self._drop):
+                    yield message
+                code = (
+                    grpc.StatusCode.OK
+                    if context.code() in (None, grpc.StatusCode.OK)
+                    else context.code()
+                )
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                if self._observer is not None:
+                    self._observer(method, code, asyncio.get_running_loop().time() - started)
+
+        return relay
+
+
+def _failing(error: RouteError) -> Callable[[Any, Any], Any]:
+    async def fail(requests: Any, context: Any) -> None:
+        await context.abort(error.code, error.details)
+
+    return fail
+
+
+async def relay_call(
+    route: Route,
+    method: str,
+    requests: AsyncIterator[bytes],
+    context: Any,
+    drop_headers: frozenset[str] = frozenset(),
+) -> AsyncIterator[bytes]:
+    """Relays one call to ``route``: yields the upstream's responses, and leaves its
+    headers, trailers and status on ``context``."""
+    timeout = context.time_remaining()
+    channel: Any = route.channel
+    upstream = channel.stream_stream(method)(
+        metadata=relayable(context.invocation_metadata(), drop_headers), timeout=timeout
+    )
+    pump = asyncio.ensure_future(_pump(requests, upstream))
+    try:
+        headers = await upstream.initial_metadata()
+        relayed_headers = relayable(headers)
+        if relayed_headers:
+            await context.send_initial_metadata(relayed_headers)
+        while True:
+            message = await upstream.read()
+            if message is EOF:
+                break
+            yield bytes(message)
+        code = await upstream.code()
+    except grpc.aio.AioRpcError as e:
+        code = e.code()
+    finally:
+        if not pump.done():
+            pump.cancel()
+        if not upstream.done():
+            upstream.cancel()
+    details = await upstream.details()
+    trailers = tuple(
+        (k, v)
+        for k, v in await upstream.trailing_metadata()
+        if k == md.STATUS_DETAILS_KEY or not md.is_reserved(k)
+    )
+    if code == grpc.StatusCode.OK:
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        return
+    if route.name and code == grpc.StatusCode.UNAVAILABLE and not await upstream.initial_metadata():
+        details = f"{route.name} unavailable: {details}"
+    await context.abort(code, details, trailers)
+
+
+async def _pump(requests: AsyncIterator[bytes], upstream: Any) -> None:
+    try:
+        async for message in requests:
+            await upstream.write(message)
+        await upstream.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the upstream call ended; its status is relayed
+
+
+__all__ = ["ProxyHandler", "Route", "RouteError", "relay_call", "relayable"]
