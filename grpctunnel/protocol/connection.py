@@ -64,6 +64,8 @@ class _Connection(Generic[Frame]):
         self.max_chunk_size = max_chunk_size
         self.max_receive_message_size = max_receive_message_size
         self.supported_revisions = tuple(sorted(set(supported_revisions)))
+        # revision zero has no windows: what one stream may hold unread before it fails
+        self.max_unflowed_bytes = max(16 * 1024 * 1024, 2 * (max_receive_message_size or 0))
         self._streams: dict[int, StreamState] = {}
         self._control: deque[Frame] = deque()  # frames not tied to a stream's order
         self._ready: dict[int, None] = {}  # ordered set: streams with a frame to emit
@@ -104,7 +106,8 @@ class _Connection(Generic[Frame]):
         if st is None or not st.unread:
             return
         st.unread -= 1
-        held = st.unread_unreleased.popleft()
+        size, held = st.unread_unreleased.popleft()
+        st.buffered -= size
         self._release(st, held + st.release_partial())
 
     def take_frames(self, max_bytes: int = 1 << 20) -> list[Frame]:
@@ -242,13 +245,23 @@ class _Connection(Generic[Frame]):
         if n:
             p.chunks.append(chunk)
             p.received += n
+            st.buffered += n
+            if st.recv_window is None and st.buffered > self.max_unflowed_bytes:
+                return [
+                    self._fail_stream(
+                        st,
+                        f"peer sent {st.buffered} bytes on a stream without flow control "
+                        f"faster than they were read (limit {self.max_unflowed_bytes})",
+                        Code.RESOURCE_EXHAUSTED,
+                    )
+                ]
         if p.received < p.size:
             self._release(st, st.release_partial())
             return []
         st.partial = None
         data = p.chunks[0] if len(p.chunks) == 1 else b"".join(p.chunks)
         st.unread += 1
-        st.unread_unreleased.append(p.size - p.released)
+        st.unread_unreleased.append((p.size, p.size - p.released))
         return [ev.MessageReceived(st.stream_id, data)]
 
 
@@ -586,7 +599,10 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
 
     def _fail_stream(self, st: StreamState, message: str, code: Code | None = None) -> ev.Event:
         code = code or self._stream_error_code
+        # drop queued data, but keep queued headers: they must still precede the close
+        kept = [item for item in st.outq if item.kind is ItemKind.HEADERS]
         st.outq.clear()
+        st.outq.extend(kept)
         st.queued_bytes = 0
         st.partial = None
         st.closing = False

@@ -76,6 +76,7 @@ class StreamState:
         "send_window",
         "single_message_in",
         "stream_id",
+        "buffered",
         "unread",
         "unread_unreleased",
     )
@@ -95,7 +96,8 @@ class StreamState:
         self.queued_bytes = 0  # message bytes queued but not yet framed
         self.partial: PartialMessage | None = None
         self.unread = 0  # whole messages delivered but not yet consumed
-        self.unread_unreleased: deque[int] = deque()  # per unread message: bytes held
+        self.unread_unreleased: deque[tuple[int, int]] = deque()  # per unread message: (size, bytes held)
+        self.buffered = 0  # bytes received and not yet consumed by the application
         self.messages_in = 0
         self.single_message_in = False  # a second inbound message is an error
         self.headers_sent = False
