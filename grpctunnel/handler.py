@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -28,7 +28,9 @@ from grpctunnel.v1 import tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
 
-_ANY_KEY = object()
+
+def _any_tunnel(tunnel: ReverseTunnel) -> bool:
+    return True
 
 
 class ReverseTunnel:
@@ -97,19 +99,23 @@ class _SingleSession:
 
 
 class _ReversePool:
-    """The session source of ``as_channel()`` / ``key_as_channel(key)``: every live
-    reverse tunnel with the key, used in turn."""
+    """The session source of ``as_channel()`` and its kin: the live reverse tunnels
+    that ``accepts`` admits, used in turn."""
 
-    def __init__(self, handler: TunnelServiceHandler, key: Any) -> None:
+    def __init__(
+        self,
+        handler: TunnelServiceHandler,
+        accepts: Callable[[ReverseTunnel], bool],
+        description: str,
+    ) -> None:
         self._handler = handler
-        self._key = key
+        self._accepts = accepts
+        self._description = description
         self._turn = 0
 
     def _tunnels(self) -> list[ReverseTunnel]:
-        tunnels = self._handler._reverse
-        if self._key is _ANY_KEY:
-            return [t for t in tunnels if not t.closed]
-        return [t for t in tunnels if t.key == self._key and not t.closed]
+        accepts = self._accepts
+        return [t for t in self._handler._reverse if not t.closed and accepts(t)]
 
     def pick(self) -> CallingSession | None:
         tunnels = self._tunnels()
@@ -126,9 +132,7 @@ class _ReversePool:
             await self._handler._reverse_changed.wait()
 
     def unavailable_details(self) -> str:
-        if self._key is _ANY_KEY:
-            return "no reverse tunnel is open"
-        return f"no reverse tunnel is open for key {self._key!r}"
+        return f"no reverse tunnel is open{self._description}"
 
     def state(self) -> grpc.ChannelConnectivity:
         return grpc.ChannelConnectivity.READY if self._tunnels() else grpc.ChannelConnectivity.IDLE
@@ -223,12 +227,19 @@ class TunnelServiceHandler:
     def as_channel(self) -> TunnelChannel:
         """A channel to the services of the clients that opened reverse tunnels; each
         call goes through one live tunnel, in turn. ``channel_ready()`` waits for one."""
-        return TunnelChannel(_ReversePool(self, _ANY_KEY))
+        return TunnelChannel(_ReversePool(self, _any_tunnel, ""))
 
     def key_as_channel(self, key: Hashable) -> TunnelChannel:
         """Like :meth:`as_channel`, but only through tunnels whose affinity key (see
         ``TunnelServiceHandlerOptions.affinity_key``) equals ``key``."""
-        return TunnelChannel(_ReversePool(self, key))
+        return TunnelChannel(_ReversePool(self, lambda t: t.key == key, f" for key {key!r}"))
+
+    def channel_for(
+        self, accepts: Callable[[ReverseTunnel], bool], description: str = ""
+    ) -> TunnelChannel:
+        """A channel balancing over the live reverse tunnels that ``accepts`` admits
+        (``description`` completes "no reverse tunnel is open..." when there is none)."""
+        return TunnelChannel(_ReversePool(self, accepts, description))
 
     def all_reverse_tunnels(self) -> list[ReverseTunnel]:
         return [t for t in self._reverse if not t.closed]

@@ -83,6 +83,20 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self._route = route
         self._observer = observer
         self._drop = drop_headers
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Waits up to ``timeout`` seconds for the calls in progress to finish."""
+        if not self.in_flight:
+            return True
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -100,6 +114,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             started = asyncio.get_running_loop().time()
             code = grpc.StatusCode.UNKNOWN
+            self.in_flight += 1
             try:
                 async for message in relay_call(route, method, requests, context, self._drop):
                     yield message
@@ -115,6 +130,10 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
+                self.in_flight -= 1
+                if not self.in_flight and self._idle is not None:
+                    self._idle.set()
+                    self._idle = None
                 if self._observer is not None:
                     self._observer(method, code, asyncio.get_running_loop().time() - started)
 

@@ -1,0 +1,293 @@
+"""Publishing a local gRPC backend through reverse tunnels (``grpctunnel expose``).
+
+:class:`Exposer` dials a tunnel server, opens reverse tunnels that announce a name and
+the backend's services (found by reflection on the backend, or given), and relays every
+call the server sends down them to the backend as raw bytes. It keeps the tunnels up:
+when one is lost it is reopened after a jittered, capped exponential backoff; when the
+backend is down, callers get UNAVAILABLE naming it and the tunnels stay up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from grpctunnel.client import ReverseTunnelServer
+from grpctunnel.gateway import GATEWAY_ANSWERS, announce_metadata
+from grpctunnel.options import TunnelClientOptions
+from grpctunnel.proxy import ProxyHandler, Route
+from grpctunnel.v1 import tunnel_pb2_grpc
+
+log = logging.getLogger("grpctunnel.expose")
+
+# failures that retrying cannot mend
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+class ExposeError(Exception):
+    """Exposing cannot go on (wrong credentials, not a tunnel server, nothing to expose)."""
+
+
+@dataclass
+class Backoff:
+    """Jittered, capped exponential backoff: ``initial * 2**n`` up to ``cap`` seconds,
+    each delay drawn uniformly from its upper half."""
+
+    initial: float = 0.5
+    cap: float = 10.0
+    attempts: int = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * (2**self.attempts))
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+@dataclass
+class ExposeStats:
+    """What the exposer has done, for status displays."""
+
+    tunnels_up: int = 0
+    calls_in_flight: int = 0
+    calls_total: int = 0
+    calls_failed: int = 0
+    reconnects: int = 0
+    state: str = "connecting"
+    last_error: str = ""
+
+
+@dataclass
+class ExposeConfig:
+    backend: str
+    server: str
+    name: str
+    services: Sequence[str] = ()
+    tunnels: int = 1
+    backoff_initial: float = 0.5
+    backoff_cap: float = 10.0
+    connect_timeout: float = 10.0
+    metadata: tuple[tuple[str, str], ...] = ()
+    server_credentials: grpc.ChannelCredentials | None = None
+    backend_credentials: grpc.ChannelCredentials | None = None
+    channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+
+
+def _channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
+) -> grpc.aio.Channel:
+    if credentials is not None:
+        return grpc.aio.secure_channel(target, credentials, options=list(options))
+    return grpc.aio.insecure_channel(target, options=list(options))
+
+
+async def list_backend_services(channel: grpc.aio.Channel, timeout: float = 10.0) -> list[str]:
+    """The services a backend lists by server reflection (v1, else v1alpha)."""
+    last: grpc.aio.AioRpcError | None = None
+    for service in (
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ):
+        multicallable: Any = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call = multicallable(timeout=timeout)
+        try:
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            await call.done_writing()
+            response = await call.read()
+        except grpc.aio.AioRpcError as e:
+            last = e
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                continue
+            raise
+        finally:
+            call.cancel()
+        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+            continue
+        return [s.name for s in response.list_services_response.service]
+    assert last is not None
+    raise last
+
+
+class Exposer:
+    """Keeps ``config.tunnels`` reverse tunnels to ``config.server`` open, relaying
+    their calls to ``config.backend``."""
+
+    def __init__(
+        self, config: ExposeConfig, *, on_change: Callable[[ExposeStats], None] | None = None
+    ) -> None:
+        self.config = config
+        self.stats = ExposeStats()
+        self._on_change = on_change
+        self._backend = _channel(config.backend, config.backend_credentials, config.channel_options)
+        self.proxy = ProxyHandler(
+            lambda method, md: Route(self._backend, f"backend {config.backend}"),
+            observer=self._observed,
+        )
+        self._stopping = asyncio.Event()
+        self._connected_once = False
+        self.services: list[str] = list(config.services)
+
+    def _observed(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.stats.calls_total += 1
+        if code != grpc.StatusCode.OK:
+            self.stats.calls_failed += 1
+        log.debug("%s %s %.1f ms", method, code.name, seconds * 1000)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.stats.calls_in_flight = self.proxy.in_flight
+        if self._on_change is not None:
+            self._on_change(self.stats)
+
+    async def discover_services(self) -> list[str]:
+        """The services to announce: those named in the config, else the backend's
+        own by reflection (leaving out reflection and health, which the gateway
+        answers itself)."""
+        if self.config.services:
+            return list(self.config.services)
+        try:
+            found = await list_backend_services(self._backend, timeout=self.config.connect_timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise ExposeError(
+                    f"backend {self.config.backend} does not offer server reflection; name its services with --service"
+                ) from None
+            raise
+        services = [s for s in found if s not in GATEWAY_ANSWERS]
+        if not services:
+            raise ExposeError(
+                f"backend {self.config.backend} lists no services to expose; name them with --service"
+            )
+        return services
+
+    async def run(self) -> None:
+        """Runs until :meth:`stop`; raises :class:`ExposeError` when it cannot go on."""
+        keepers = [
+            asyncio.ensure_future(self._keep_tunnel(i)) for i in range(max(1, self.config.tunnels))
+        ]
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *keepers], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.cancel()
+            for task in keepers:
+                task.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+            self.stats.state = "stopped"
+            self.stats.tunnels_up = 0
+            self._changed()
+            await self._backend.close(None)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _keep_tunnel(self, index: int) -> None:
+        config = self.config
+        backoff = Backoff(config.backoff_initial, config.backoff_cap)
+        while True:
+            tunnel, server_channel = None, None
+            try:
+                try:
+                    services = await self.discover_services()
+                except grpc.aio.AioRpcError as e:
+                    self._failed(
+                        f"cannot reach backend {config.backend}: {e.code().name}: {e.details()}"
+                    )
+                    services = []
+                if services:
+                    self.services = services
+                    server_channel = _channel(
+                        config.server, config.server_credentials, config.channel_options
+                    )
+                    options = TunnelClientOptions(
+                        metadata=(*announce_metadata(config.name, services), *config.metadata),
+                        max_receive_message_length=None,
+                    )
+                    stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
+                    rts = ReverseTunnelServer(stub, options)
+                    rts.add_generic_rpc_handlers((self.proxy,))
+                    tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)
+                    self._up(index, services)
+                    backoff.reset()
+                    await tunnel.wait_closed()
+                    reason = (
+                        tunnel.error.details
+                        if tunnel.error is not None
+                        else "server closed the tunnel"
+                    )
+                    self._down(f"tunnel {index + 1} lost: {reason}")
+            except grpc.aio.AioRpcError as e:
+                if e.code() in FATAL_CODES and not self._connected_once:
+                    raise ExposeError(
+                        f"server {config.server} refused the tunnel: {e.code().name}: {e.details()}"
+                    ) from None
+                self._failed(f"cannot reach server {config.server}: {e.code().name}: {e.details()}")
+            finally:
+                if tunnel is not None:
+                    await tunnel.close()
+                if server_channel is not None:
+                    await server_channel.close(None)
+            delay = backoff.next_delay()
+            log.warning("reconnecting tunnel %d in %.1fs", index + 1, delay)
+            self.stats.state = "reconnecting" if self.stats.tunnels_up == 0 else self.stats.state
+            self.stats.reconnects += 1
+            self._changed()
+            await asyncio.sleep(delay)
+
+    def _up(self, index: int, services: list[str]) -> None:
+        self._connected_once = True
+        self.stats.tunnels_up += 1
+        self.stats.state = "connected"
+        self.stats.last_error = ""
+        log.info(
+            "tunnel %d connected to %s as %r, exposing %s (backend %s)",
+            index + 1,
+            self.config.server,
+            self.config.name,
+            ", ".join(services),
+            self.config.backend,
+        )
+        self._changed()
+
+    def _down(self, why: str) -> None:
+        self.stats.tunnels_up = max(0, self.stats.tunnels_up - 1)
+        self.stats.last_error = why
+        log.warning("%s", why)
+        self._changed()
+
+    def _failed(self, why: str) -> None:
+        self.stats.last_error = why
+        log.warning("%s", why)
+        self._changed()
+
+
+__all__ = [
+    "Backoff",
+    "ExposeConfig",
+    "ExposeError",
+    "ExposeStats",
+    "Exposer",
+    "list_backend_services",
+]
