@@ -427,9 +427,13 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
             out.append(tunnel_pb2.ClientToServer(stream_id=st.stream_id, half_close=_EMPTY))
 
     def _message_frame(self, stream_id: int, size: int, chunk: bytes) -> tunnel_pb2.ClientToServer:
-        return tunnel_pb2.ClientToServer(
-            stream_id=stream_id, request_message=tunnel_pb2.MessageData(size=size, data=chunk)
-        )
+        # assigned field by field: passing a MessageData to the constructor copies the
+        # chunk twice more (serialize, reparse)
+        frame = tunnel_pb2.ClientToServer(stream_id=stream_id)
+        message = frame.request_message
+        message.size = size
+        message.data = chunk
+        return frame
 
     def _more_data_frame(self, stream_id: int, chunk: bytes) -> tunnel_pb2.ClientToServer:
         return tunnel_pb2.ClientToServer(stream_id=stream_id, more_request_data=chunk)
@@ -630,9 +634,11 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
             del self._streams[stream_id]
 
     def _message_frame(self, stream_id: int, size: int, chunk: bytes) -> tunnel_pb2.ServerToClient:
-        return tunnel_pb2.ServerToClient(
-            stream_id=stream_id, response_message=tunnel_pb2.MessageData(size=size, data=chunk)
-        )
+        frame = tunnel_pb2.ServerToClient(stream_id=stream_id)  # see CallingConnection
+        message = frame.response_message
+        message.size = size
+        message.data = chunk
+        return frame
 
     def _more_data_frame(self, stream_id: int, chunk: bytes) -> tunnel_pb2.ServerToClient:
         return tunnel_pb2.ServerToClient(stream_id=stream_id, more_response_data=chunk)
