@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-import google.rpc  # noqa: F401  (locates googleapis-common-protos' .proto files)
+import google.rpc  # locates the .proto files of googleapis-common-protos
 import grpc_tools
 from grpc_tools import protoc
 

@@ -1,0 +1,1 @@
+"""The `grpctunnel` command: a Typer app over a small library (reflection, invoke, render)."""

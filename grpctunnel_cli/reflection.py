@@ -1,0 +1,429 @@
+"""Descriptors from a server's reflection service, and resolving user-given names against them.
+
+`DescriptorSource` talks gRPC server reflection over any `grpc.aio.Channel`, using only
+``channel.stream_stream`` so that it works the same over a tunnel channel. It asks
+``grpc.reflection.v1`` first and falls back to ``grpc.reflection.v1alpha`` when v1 is
+UNIMPLEMENTED (the two are the same protocol on the wire, so one set of message classes
+serves both). File descriptors, with their dependencies, go into a private
+`descriptor_pool.DescriptorPool`, never the process-wide default pool.
+
+Name resolution accepts full names (``pkg.Svc/Method``, ``pkg.Svc.Method``) and short
+forms (``Svc/Method``, ``v1.Svc.Method``) that match the end of a listed service's full
+name at a dot boundary. A name that matches nothing or more than one thing raises
+`ResolutionError` with the candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import NoReturn
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FileDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
+from google.protobuf.message import DecodeError
+from grpc_reflection.v1alpha import reflection_pb2
+
+from grpctunnel_cli.errors import ReflectionError, ResolutionError
+from grpctunnel_cli.metadata import Metadata
+from grpctunnel_cli.rpc_status import FirstStatus, error_status
+
+__all__ = [
+    "REFLECTION_METHODS",
+    "DescriptorSource",
+    "Symbol",
+    "iter_types",
+    "match_names",
+    "pick_name",
+    "split_method_name",
+]
+
+Symbol = ServiceDescriptor | MethodDescriptor | Descriptor | EnumDescriptor
+
+# Protocol version -> method path; tried in this order.
+REFLECTION_METHODS: dict[str, str] = {
+    "v1": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "v1alpha": "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+}
+
+
+# --- pure name matching -------------------------------------------------------------------
+
+
+def split_method_name(spec: str) -> tuple[str, str]:
+    """Split ``Svc/Method`` or ``Svc.Method`` (either possibly qualified) into its two parts."""
+    text = spec.strip().lstrip(".")
+    if "/" in text:
+        service, _, method = text.rpartition("/")
+    else:
+        service, _, method = text.rpartition(".")
+    if not service or not method or "/" in service:
+        raise ResolutionError(
+            f"{spec!r} is not a method name; write SERVICE/METHOD, "
+            "e.g. grpctunnel.demo.v1.Echo/Echo or Echo/Echo"
+        )
+    return service.strip("."), method
+
+
+def match_names(query: str, names: Iterable[str]) -> list[str]:
+    """The names equal to `query`, or else those ending with ``"." + query``; sorted."""
+    wanted = query.strip().lstrip(".")
+    unique = sorted(set(names))
+    if not wanted:
+        return []
+    exact = [name for name in unique if name == wanted]
+    if exact:
+        return exact
+    return [name for name in unique if name.endswith("." + wanted)]
+
+
+def _listing(names: Iterable[str]) -> str:
+    return "".join(f"\n  {name}" for name in names)
+
+
+def pick_name(kind: str, query: str, names: Sequence[str]) -> str:
+    """The one name in `names` that `query` means; ResolutionError listing candidates if not."""
+    matches = match_names(query, names)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ResolutionError(
+            f"ambiguous {kind} {query!r}; it matches:{_listing(matches)}\nuse the full name",
+            tuple(matches),
+        )
+    _unknown(kind, query, names)
+
+
+def _unknown(kind: str, query: str, names: Sequence[str]) -> NoReturn:
+    candidates = tuple(sorted(set(names)))
+    if candidates:
+        raise ResolutionError(
+            f"unknown {kind} {query!r}; available {kind}s:{_listing(candidates)}", candidates
+        )
+    raise ResolutionError(f"unknown {kind} {query!r}; the server lists no {kind}s")
+
+
+def iter_types(file: FileDescriptor) -> Iterable[Descriptor | EnumDescriptor]:
+    """Every message (nested ones too, but not map entries) and enum defined in `file`."""
+
+    def walk(message: Descriptor) -> Iterable[Descriptor | EnumDescriptor]:
+        if message.GetOptions().map_entry:
+            return
+        yield message
+        yield from message.enum_types
+        for nested in message.nested_types:
+            yield from walk(nested)
+
+    for message in file.message_types_by_name.values():
+        yield from walk(message)
+    yield from file.enum_types_by_name.values()
+
+
+# --- the reflection client ----------------------------------------------------------------
+
+
+class _NotFound(Exception):
+    """The server's reflection service answered NOT_FOUND (or another error response)."""
+
+
+class _RpcFailed(Exception):
+    """A reflection RPC ended with a non-OK status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class DescriptorSource:
+    """Lists services and fetches descriptors from a server's reflection service.
+
+    One reflection RPC is made per question (a stream with one request and one reply), so
+    nothing is left open; `metadata` and `timeout` apply to each of those RPCs.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,
+    ) -> None:
+        self._channel = channel
+        self._metadata = tuple(metadata)
+        self._timeout = timeout
+        self._pool = descriptor_pool.DescriptorPool()
+        self._installed: set[str] = set()
+        self._received: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        self._version: str | None = None
+        self._services: list[str] | None = None
+
+    @property
+    def pool(self) -> descriptor_pool.DescriptorPool:
+        """The private pool holding every descriptor fetched so far."""
+        return self._pool
+
+    @property
+    def reflection_version(self) -> str | None:
+        """``"v1"`` or ``"v1alpha"`` once a reflection RPC has succeeded."""
+        return self._version
+
+    # -- transport
+
+    async def _exchange(
+        self, path: str, request: reflection_pb2.ServerReflectionRequest
+    ) -> reflection_pb2.ServerReflectionResponse:
+        call = self._channel.stream_stream(
+            path,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+
+        async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            yield request
+
+        response: reflection_pb2.ServerReflectionResponse | None = None
+        running = call(requests(), metadata=self._metadata, timeout=self._timeout)
+        first_status = FirstStatus(running)  # an UNIMPLEMENTED v1 can turn INTERNAL otherwise
+        try:
+            async for reply in running:
+                if response is None:
+                    response = reply
+        except grpc.RpcError as error:
+            code, details, _ = error_status(error, first_status)
+            raise _RpcFailed(code, details) from None
+        if response is None:
+            raise ReflectionError("the server's reflection service sent no reply")
+        return response
+
+    async def _ask(
+        self, request: reflection_pb2.ServerReflectionRequest
+    ) -> reflection_pb2.ServerReflectionResponse:
+        versions = [self._version] if self._version else list(REFLECTION_METHODS)
+        for version in versions:
+            try:
+                response = await self._exchange(REFLECTION_METHODS[version], request)
+            except _RpcFailed as failure:
+                code, details = failure.code, failure.details
+                if code is grpc.StatusCode.UNIMPLEMENTED:
+                    if version != versions[-1]:
+                        continue
+                    tried = " and ".join(f"grpc.reflection.{v}" for v in versions)
+                    raise ReflectionError(
+                        f"the server does not offer reflection (tried {tried}; "
+                        f"UNIMPLEMENTED: {details})"
+                    ) from None
+                raise ReflectionError(f"server reflection failed: {code.name}: {details}") from None
+            self._version = version
+            if response.HasField("error_response"):
+                raise _NotFound(response.error_response.error_message)
+            return response
+        raise AssertionError("unreachable")
+
+    # -- files
+
+    def _install(self, name: str, pending: set[str]) -> None:
+        """Add a received file to the pool after its dependencies; they must be received."""
+        if name in self._installed:
+            return
+        proto = self._received[name]
+        pending.add(name)
+        for dependency in proto.dependency:
+            if dependency in pending:
+                raise ReflectionError(f"circular import between {name} and {dependency}")
+            self._install(dependency, pending)
+        try:
+            self._pool.Add(proto)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ReflectionError(f"cannot load {name} from the server: {error}") from None
+        pending.discard(name)
+        self._installed.add(name)
+
+    def _store(self, response: reflection_pb2.ServerReflectionResponse) -> list[str]:
+        names: list[str] = []
+        for blob in response.file_descriptor_response.file_descriptor_proto:
+            proto = descriptor_pb2.FileDescriptorProto()
+            try:
+                proto.ParseFromString(blob)
+            except DecodeError:
+                raise ReflectionError("the server sent a malformed file descriptor") from None
+            names.append(proto.name)
+            self._received.setdefault(proto.name, proto)
+        return names
+
+    async def _fetch_missing(self, names: Iterable[str]) -> None:
+        """Fetch, by file name, any dependency of `names` not yet received."""
+        queue = list(names)
+        while queue:
+            name = queue.pop()
+            if name not in self._received:
+                try:
+                    response = await self._ask(
+                        reflection_pb2.ServerReflectionRequest(file_by_filename=name)
+                    )
+                except _NotFound:
+                    raise ReflectionError(
+                        f"the server's reflection does not know file {name!r}"
+                    ) from None
+                self._store(response)
+                if name not in self._received:
+                    raise ReflectionError(f"the server did not send file {name!r}")
+            queue.extend(self._received[name].dependency)
+
+    async def file_containing_symbol(self, symbol: str) -> FileDescriptor | None:
+        """The file that defines `symbol` (loaded with its dependencies); None if unknown."""
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            pass
+        try:
+            response = await self._ask(
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+            )
+        except _NotFound:
+            return None
+        names = self._store(response)
+        if not names:
+            return None
+        await self._fetch_missing(names)
+        for name in names:
+            self._install(name, set())
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            return self._pool.FindFileByName(names[0])
+
+    def files(self) -> list[FileDescriptor]:
+        """Every file loaded so far."""
+        return [self._pool.FindFileByName(name) for name in sorted(self._installed)]
+
+    # -- services
+
+    async def list_services(self) -> list[str]:
+        """The full names of the services the server lists, sorted."""
+        if self._services is None:
+            try:
+                response = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
+            except _NotFound as error:
+                raise ReflectionError(f"cannot list services: {error}") from None
+            self._services = sorted({s.name for s in response.list_services_response.service})
+        return list(self._services)
+
+    async def service(self, full_name: str) -> ServiceDescriptor:
+        """The descriptor of a service given by its full name."""
+        await self.file_containing_symbol(full_name)
+        try:
+            return self._pool.FindServiceByName(full_name)
+        except KeyError:
+            raise ResolutionError(
+                f"the server's reflection cannot describe service {full_name!r}"
+            ) from None
+
+    async def services(self) -> list[ServiceDescriptor]:
+        """Descriptors of every listed service that reflection can describe."""
+        found: list[ServiceDescriptor] = []
+        for name in await self.list_services():
+            try:
+                found.append(await self.service(name))
+            except ResolutionError:
+                continue
+        return found
+
+    # -- resolution
+
+    async def resolve_service(self, spec: str) -> ServiceDescriptor:
+        """The service `spec` names: a full name, or a unique dot-boundary suffix of one."""
+        names = await self.list_services()
+        query = spec.strip().lstrip(".")
+        try:
+            return await self.service(pick_name("service", query, names))
+        except ResolutionError:
+            # A service the server does not list may still be known to reflection.
+            if "." in query and not match_names(query, names):
+                file = await self.file_containing_symbol(query)
+                if file is not None:
+                    try:
+                        return self._pool.FindServiceByName(query)
+                    except KeyError:
+                        pass
+            raise
+
+    async def resolve_method(self, spec: str) -> MethodDescriptor:
+        """The method `spec` names: ``Svc/Method`` or ``Svc.Method``, Svc full or short."""
+        try:
+            service_query, method_name = split_method_name(spec)
+            service = await self.resolve_service(service_query)
+        except ResolutionError:
+            # "pkg.Svc" or "Svc" alone names a service, not a method: say so.
+            whole = spec.strip().lstrip(".")
+            if "/" not in whole and match_names(whole, await self.list_services()):
+                service = await self.resolve_service(whole)
+                methods = [f"{service.full_name}/{m.name}" for m in service.methods]
+                raise ResolutionError(
+                    f"{spec!r} is a service; name one of its methods:{_listing(methods)}",
+                    tuple(methods),
+                ) from None
+            raise
+        method = service.methods_by_name.get(method_name)
+        if method is None:
+            methods = [m.name for m in service.methods]
+            raise ResolutionError(
+                f"service {service.full_name} has no method {method_name!r}; "
+                f"its methods:{_listing(methods)}",
+                tuple(f"{service.full_name}/{m}" for m in methods),
+            )
+        return method
+
+    def _find_loaded(self, full_name: str) -> Symbol | None:
+        finders = (
+            self._pool.FindServiceByName,
+            self._pool.FindMessageTypeByName,
+            self._pool.FindEnumTypeByName,
+            self._pool.FindMethodByName,
+        )
+        for find in finders:
+            try:
+                found: Symbol = find(full_name)
+            except KeyError:
+                continue
+            return found
+        return None
+
+    async def resolve_symbol(self, spec: str) -> Symbol:
+        """A service, method, message or enum, by full name or unique short name.
+
+        A short name is matched against services first, then methods, then messages and
+        enums; the first of those with a match decides (``Echo`` is the service, not its
+        method ``Echo.Echo``).
+        """
+        query = spec.strip().lstrip(".").replace("/", ".")
+        if not query:
+            raise ResolutionError("empty symbol name")
+        services = await self.list_services()
+        if query in services:
+            return await self.service(query)
+        found = self._find_loaded(query)
+        if found is None and await self.file_containing_symbol(query) is not None:
+            found = self._find_loaded(query)
+        if found is not None:
+            return found
+        described = await self.services()
+        methods = {f"{s.full_name}.{m.name}": m for s in described for m in s.methods}
+        types = {t.full_name: t for file in self.files() for t in iter_types(file)}
+        by_service = {s.full_name: s for s in described}
+        categories: list[tuple[str, dict[str, Symbol]]] = [
+            ("service", dict(by_service)),
+            ("method", dict(methods)),
+            ("type", dict(types)),
+        ]
+        for kind, table in categories:
+            matches = match_names(query, table)
+            if matches:
+                return table[pick_name(kind, query, matches)]
+        _unknown("symbol", spec.strip(), services)

@@ -1,0 +1,51 @@
+"""Fixtures for the CLI tests: in-process servers on 127.0.0.1 with a free port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from grpctunnel.demo.service import start_demo_backend
+
+from .helpers import start_echo_server, start_two_echo_server
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[str]:
+    """The demo backend, in process; yields its address."""
+    server, port = await start_demo_backend("127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def two_echo_backend() -> AsyncIterator[str]:
+    """A server offering grpctunnel.demo.v1.Echo and other.v1.Echo."""
+    server, address = await start_two_echo_server()
+    try:
+        yield address
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def v1alpha_backend() -> AsyncIterator[str]:
+    """Echo with only grpc.reflection.v1alpha."""
+    server, address = await start_echo_server(reflection_versions=["v1alpha"])
+    try:
+        yield address
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def no_reflection_backend() -> AsyncIterator[str]:
+    """Echo without any reflection."""
+    server, address = await start_echo_server(reflection_versions=[])
+    try:
+        yield address
+    finally:
+        await server.stop(None)
