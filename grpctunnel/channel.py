@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.protocol import CallingConnection
+from grpctunnel.protocol import CallingConnection, UsageError
 from grpctunnel.protocol import events as ev
 from grpctunnel.session import EOF, Session
 
@@ -292,10 +292,14 @@ class _TunnelCall:
             self._finish(grpc.StatusCode.UNAVAILABLE, session.close_reason)
             return
         conn = session.conn
+        try:
+            self._stream_id = conn.open_stream(
+                self._method, headers, response_streaming=self._response_streaming
+            )
+        except UsageError as e:  # a malformed method name: never sent (it crashes Go peers)
+            self._finish(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
         self._session = session
-        self._stream_id = conn.open_stream(
-            self._method, headers, response_streaming=self._response_streaming
-        )
         session.listeners[self._stream_id] = self
         if first is not None:
             conn.send_message(self._stream_id, first)
@@ -342,7 +346,13 @@ class _TunnelCall:
             await self._raise_if_failed()
         session.conn.send_message(self._stream_id, data)
         session.flush()
-        await session.wait_writable(self._stream_id)
+        try:
+            await session.wait_writable(self._stream_id)
+        except asyncio.CancelledError:  # as in grpc.aio: cancelling a write cancels the call
+            self.cancel()
+            raise
+        if self.done():  # the call ended while the message waited for flow credit
+            await self._raise_if_failed()
 
     async def _done_writing(self) -> None:
         if self.done() or self._writing_done:
@@ -448,6 +458,7 @@ class _TunnelCall:
         session = self._session
         if session is not None:
             session.remove_listener(self._stream_id)
+            session.release_writable(self._stream_id)
         if self._request_task is not None and not self._request_task.done():
             self._request_task.cancel()
         if self._opening_task is not None and not self._opening_task.done():

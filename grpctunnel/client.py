@@ -102,6 +102,11 @@ class _ForwardTunnel:
         if grace:
             await session.wait_idle(grace)
         if not session.closed:
+            # as grpc.aio's Channel.close(): calls still in progress are cancelled
+            for call in list(session.listeners.values()):
+                cancel = getattr(call, "cancel", None)
+                if cancel is not None:
+                    cancel()
             session.close("channel closed")
             try:
                 await self.call.done_writing()

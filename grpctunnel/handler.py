@@ -253,7 +253,9 @@ class TunnelServiceHandler:
 
     @property
     def forward_tunnels(self) -> int:
-        return len(self._forward)
+        """How many forward tunnels are open (a closed one is not counted, even while
+        its RPC is still winding down)."""
+        return sum(1 for session in self._forward if not session.closed)
 
     async def close(self) -> None:
         """Ends every tunnel this handler serves (their calls fail with UNAVAILABLE)."""

@@ -244,8 +244,22 @@ class ServerCall:
 
     def start(self) -> None:
         self._task = self._loop.create_task(self._run())
+        self._task.add_done_callback(self._after_run)
         if self.deadline is not None:
             self._timer = self._loop.call_at(self.deadline, self._on_deadline)
+
+    def _after_run(self, task: asyncio.Task[None]) -> None:
+        """Finishes a call whose task ended without running ``_run`` to its end: one
+        cancelled before its first step (the cancel or failure arrived with the frames
+        that opened the stream) never enters ``_run`` at all."""
+        if self._finished:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._cancel_reason == "deadline":
+            self._close(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ())
+        self._done()
 
     # -- events ---------------------------------------------------------------------
 
@@ -422,6 +436,7 @@ class ServerCall:
     def _done(self) -> None:
         self._finished = True
         self.session.remove_listener(self.stream_id)
+        self.session.release_writable(self.stream_id)
         self.context._run_callbacks()
 
 

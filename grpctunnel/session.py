@@ -86,6 +86,8 @@ class Session(Generic[Conn]):
         self._close_callbacks: list[Callable[[Session[Conn]], None]] = []
         self._loops: tuple[asyncio.Future[None], ...] = ()
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._writing = False  # the write loop is writing a batch of frames
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
     # -- for the adapters -----------------------------------------------------------
 
@@ -104,6 +106,13 @@ class Session(Generic[Conn]):
             self._writable[stream_id] = fut
         await asyncio.shield(fut)
 
+    def release_writable(self, stream_id: int) -> None:
+        """Wakes whoever waits in :meth:`wait_writable` for a stream that has ended
+        (its queued bytes will never be framed)."""
+        fut = self._writable.pop(stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     def remove_listener(self, stream_id: int) -> None:
         """Forgets a finished call; wakes ``wait_idle`` when it was the last."""
         self.listeners.pop(stream_id, None)
@@ -114,17 +123,32 @@ class Session(Generic[Conn]):
             self._idle_waiters.clear()
 
     async def wait_idle(self, timeout: float | None) -> bool:
-        """Waits up to ``timeout`` seconds until no call is in progress on the tunnel.
-        Returns whether it became idle."""
-        if not self.listeners or self.closed:
-            return True
-        fut = asyncio.get_running_loop().create_future()
-        self._idle_waiters.append(fut)
+        """Waits up to ``timeout`` seconds until no call is in progress on the tunnel
+        and the frames that ended the last ones have been written. Returns whether it
+        became idle."""
+
+        async def idle() -> None:
+            if self.listeners and not self.closed:
+                fut = asyncio.get_running_loop().create_future()
+                self._idle_waiters.append(fut)
+                await asyncio.shield(fut)
+            await self.drain()
+
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await asyncio.wait_for(idle(), timeout)
             return True
         except asyncio.TimeoutError:
             return False
+
+    async def drain(self) -> None:
+        """Waits until every frame queued so far has been written to the tunnel RPC
+        (or the tunnel is over): a call's final frames, before closing the tunnel."""
+        if self.closed or (not self._writing and not self.conn.wants_to_send()):
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        self._wake.set()
+        await asyncio.shield(fut)
 
     def add_close_callback(self, callback: Callable[[Session[Conn]], None]) -> None:
         if self.closed:
@@ -185,8 +209,10 @@ class Session(Generic[Conn]):
         finally:
             for task in (reader, writer):
                 task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            # before any await: a cancellation arriving while the loops wind down (the
+            # tunnel RPC being cancelled just after it ended) must not skip the teardown
             self._teardown(reason)
+            await asyncio.gather(reader, writer, return_exceptions=True)
         if self.error is not None:
             raise self.error
 
@@ -215,6 +241,7 @@ class Session(Generic[Conn]):
         while True:
             await wake.wait()
             wake.clear()
+            self._writing = True
             while True:
                 frames = take()
                 if not frames:
@@ -223,6 +250,9 @@ class Session(Generic[Conn]):
                     self._notify_writable()
                 for frame in frames:
                     await write(frame)
+            self._writing = False
+            if self._drain_waiters:
+                _resolve_all(self._drain_waiters)
 
     def _notify_writable(self) -> None:
         queued = self.conn.queued_bytes
@@ -255,6 +285,7 @@ class Session(Generic[Conn]):
             if not fut.done():
                 fut.set_result(None)
         self._idle_waiters.clear()
+        _resolve_all(self._drain_waiters)
         if not self._done.done():
             self._done.set_result(None)
         for callback in self._close_callbacks:
@@ -263,6 +294,13 @@ class Session(Generic[Conn]):
             except Exception:  # pragma: no cover
                 log.exception("tunnel close callback failed")
         self._close_callbacks.clear()
+
+
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(None)
+    futures.clear()
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:

@@ -176,6 +176,10 @@ async def _run_quietly(session: ServingSession) -> None:
         await session.run()
     except TunnelClosed:
         pass
+    finally:
+        # as when a tunnel RPC ends: the calling end sees its frames end too
+        if isinstance(session.stream, _End):
+            session.stream.cancel()
 
 
 __all__ = ["TunnelPair"]

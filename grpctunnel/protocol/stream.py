@@ -61,6 +61,7 @@ class StreamState:
     """Everything the core knows about one open stream."""
 
     __slots__ = (
+        "buffered",
         "closing",
         "headers_received",
         "headers_sent",
@@ -76,7 +77,6 @@ class StreamState:
         "send_window",
         "single_message_in",
         "stream_id",
-        "buffered",
         "unread",
         "unread_unreleased",
     )
