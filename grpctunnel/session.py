@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from grpctunnel import metadata as md
 from grpctunnel.protocol import (
@@ -203,6 +204,12 @@ class Session(Generic[Conn]):
             reason = "tunnel closed"
             self._teardown(reason)
             raise
+        except DecodeError as e:  # bytes that are no frame at all
+            self.error = TunnelClosed(
+                grpc.StatusCode.INVALID_ARGUMENT, f"tunnel protocol error: malformed frame: {e}"
+            )
+            log.warning("tunnel with %s ended: %s", self.peer, self.error.details)
+            reason = self.error.details
         except Exception as e:  # a broken frame stream, a failed write
             self.error = TunnelClosed(grpc.StatusCode.UNAVAILABLE, f"tunnel lost: {e!r}")
             reason = self.error.details
