@@ -608,6 +608,8 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         st.outq.clear()
         st.outq.extend(kept)
         st.queued_bytes = 0
+        if st.partial is not None:
+            st.buffered -= st.partial.received
         st.partial = None
         st.closing = False
         self.close_stream(st.stream_id, _status(code, message))

@@ -102,7 +102,9 @@ def headers(sid: int, m: tunnel_pb2.Metadata | None = None) -> S2C:
 def resp(sid: int, data: bytes, size: int | None = None) -> S2C:
     return S2C(
         stream_id=sid,
-        response_message=tunnel_pb2.MessageData(size=len(data) if size is None else size, data=data),
+        response_message=tunnel_pb2.MessageData(
+            size=len(data) if size is None else size, data=data
+        ),
     )
 
 
@@ -111,7 +113,10 @@ def more_resp(sid: int, data: bytes) -> S2C:
 
 
 def close(
-    sid: int, code: int | None = None, message: str = "", trailers: tunnel_pb2.Metadata | None = None
+    sid: int,
+    code: int | None = None,
+    message: str = "",
+    trailers: tunnel_pb2.Metadata | None = None,
 ) -> S2C:
     cs = tunnel_pb2.CloseStream()
     if code is not None:
@@ -178,9 +183,7 @@ def ready_client(
     return c
 
 
-def open_on_wire(
-    c: CallingConnection, method: str = METHOD, **kw: object
-) -> tuple[int, list[C2S]]:
+def open_on_wire(c: CallingConnection, method: str = METHOD, **kw: object) -> tuple[int, list[C2S]]:
     """Opens a stream and takes the frames (so its new_stream is on the wire)."""
     sid = c.open_stream(method, **kw)  # type: ignore[arg-type]
     return sid, c.take_frames()
@@ -237,7 +240,9 @@ class WireChecker:
             ns = f.new_stream
             rev1 = ns.protocol_revision == tunnel_pb2.REVISION_ONE
             self.c2s[f.stream_id] = _Dir(self.server_window if rev1 else None)
-            self.s2c[f.stream_id] = _Dir((ns.initial_window_size or DEFAULT_WINDOW) if rev1 else None)
+            self.s2c[f.stream_id] = _Dir(
+                (ns.initial_window_size or DEFAULT_WINDOW) if rev1 else None
+            )
             return
         c = chunk_of(f)
         if c is not None:

@@ -27,8 +27,20 @@ SERVER_STREAM = "/test.Svc/ServerStream"
 CLIENT_STREAM = "/test.Svc/ClientStream"
 BIDI = "/test.Svc/Bidi"
 FAIL = "/test.Svc/Fail"
-REQUEST_STREAMING = {UNARY: False, SERVER_STREAM: False, CLIENT_STREAM: True, BIDI: True, FAIL: True}
-RESPONSE_STREAMING = {UNARY: False, SERVER_STREAM: True, CLIENT_STREAM: False, BIDI: True, FAIL: False}
+REQUEST_STREAMING = {
+    UNARY: False,
+    SERVER_STREAM: False,
+    CLIENT_STREAM: True,
+    BIDI: True,
+    FAIL: True,
+}
+RESPONSE_STREAMING = {
+    UNARY: False,
+    SERVER_STREAM: True,
+    CLIENT_STREAM: False,
+    BIDI: True,
+    FAIL: False,
+}
 
 
 @dataclass
@@ -172,7 +184,11 @@ SPECS: list[tuple[str, list[bytes], int]] = [
     [
         (True, {}, {}),
         (False, {}, {}),
-        (True, {"receive_window": 1000, "max_chunk_size": 300}, {"receive_window": 777, "max_chunk_size": 5000}),
+        (
+            True,
+            {"receive_window": 1000, "max_chunk_size": 300},
+            {"receive_window": 777, "max_chunk_size": 5000},
+        ),
         (True, {"receive_window": 2**20, "max_chunk_size": 2**18}, {"receive_window": 2**21}),
         (True, {"supported_revisions": (0,)}, {}),
     ],

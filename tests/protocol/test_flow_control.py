@@ -163,7 +163,9 @@ def test_partial_message_credit_released_so_large_message_completes() -> None:
     assert window_updates(s.take_frames()) == [(1, 500)]
 
 
-@pytest.mark.parametrize(("window", "size"), [(1, 10), (100, 10_000), (1000, 1001), (4096, 100_000)])
+@pytest.mark.parametrize(
+    ("window", "size"), [(1, 10), (100, 10_000), (1000, 1001), (4096, 100_000)]
+)
 def test_message_larger_than_window_completes_on_pair(window: int, size: int) -> None:
     p = Pair(client={"receive_window": window}, server={"receive_window": window})
     p.handshake()
@@ -182,8 +184,13 @@ def test_message_larger_than_window_completes_on_pair(window: int, size: int) ->
     assert MessageReceived(sid, payload(size, 2)) in p.client_events
 
 
-@pytest.mark.parametrize(("window", "msg", "count"), [(1000, 300, 20), (1000, 3000, 6), (4096, 1, 10_000), (500, 499, 10)])
-def test_stalled_consumer_holds_at_most_window_plus_one_message(window: int, msg: int, count: int) -> None:
+@pytest.mark.parametrize(
+    ("window", "msg", "count"),
+    [(1000, 300, 20), (1000, 3000, 6), (4096, 1, 10_000), (500, 499, 10)],
+)
+def test_stalled_consumer_holds_at_most_window_plus_one_message(
+    window: int, msg: int, count: int
+) -> None:
     p = Pair(server={"receive_window": window})
     p.handshake()
     sid = p.client.open_stream(METHOD)

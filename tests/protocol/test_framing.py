@@ -76,7 +76,9 @@ def test_zero_length_message_needs_no_credit() -> None:
     assert c.take_frames() == []
 
 
-@pytest.mark.parametrize(("size", "chunk"), [(1, 1), (5000, 1000), (5001, 1000), (999, 1000), (100_000, 16384)])
+@pytest.mark.parametrize(
+    ("size", "chunk"), [(1, 1), (5000, 1000), (5001, 1000), (999, 1000), (100_000, 16384)]
+)
 def test_message_split_into_chunks_of_at_most_chunk_size(size: int, chunk: int) -> None:
     c = ready_client(window=1 << 20, max_chunk_size=chunk)
     sid, _ = open_on_wire(c)
@@ -163,7 +165,9 @@ SERVING_FRAMING_ERRORS: dict[str, list[C2S]] = {
 }
 
 
-@pytest.mark.parametrize("frames", SERVING_FRAMING_ERRORS.values(), ids=SERVING_FRAMING_ERRORS.keys())
+@pytest.mark.parametrize(
+    "frames", SERVING_FRAMING_ERRORS.values(), ids=SERVING_FRAMING_ERRORS.keys()
+)
 def test_serving_framing_error_fails_only_that_stream(frames: list[C2S]) -> None:
     s = serving_with_stream(1)
     s.receive(new_stream(3))
@@ -195,7 +199,9 @@ def test_serving_second_request_on_unary_request_method_fails_stream() -> None:
     s = serving_with_stream(1, request_streaming=False)
     assert s.receive(req(1, b"one")) == [MessageReceived(1, b"one")]
     evs = s.receive(req(1, b"two"))
-    assert [(type(e), e.stream_id, e.code) for e in evs] == [(StreamFailed, 1, Code.INVALID_ARGUMENT)]  # type: ignore[union-attr]
+    assert [(type(e), e.stream_id, e.code) for e in evs] == [
+        (StreamFailed, 1, Code.INVALID_ARGUMENT)
+    ]  # type: ignore[union-attr]
     frames = s.take_frames()
     assert frames[-1].close_stream.status.code == Code.INVALID_ARGUMENT
 
@@ -204,7 +210,11 @@ def test_serving_second_request_on_unary_request_method_fails_stream() -> None:
         assert s.receive(req(1, b"%d" % i)) == [MessageReceived(1, b"%d" % i)]
 
 
-@pytest.mark.parametrize("late", [req(1, b"x"), req(1, b""), more_req(1, b"x"), half_close(1)], ids=["message", "empty-message", "more-data", "half-close"])
+@pytest.mark.parametrize(
+    "late",
+    [req(1, b"x"), req(1, b""), more_req(1, b"x"), half_close(1)],
+    ids=["message", "empty-message", "more-data", "half-close"],
+)
 def test_serving_frames_after_half_close_fail_stream(late: C2S) -> None:
     s = serving_with_stream(1)
     assert s.receive(half_close(1)) == [HalfClosed(1)]
@@ -239,7 +249,9 @@ CALLING_FRAMING_ERRORS: dict[str, list[S2C]] = {
 }
 
 
-@pytest.mark.parametrize("frames", CALLING_FRAMING_ERRORS.values(), ids=CALLING_FRAMING_ERRORS.keys())
+@pytest.mark.parametrize(
+    "frames", CALLING_FRAMING_ERRORS.values(), ids=CALLING_FRAMING_ERRORS.keys()
+)
 def test_calling_framing_error_fails_only_that_stream(frames: list[S2C]) -> None:
     c = ready_client()
     a, _ = open_on_wire(c)
@@ -311,7 +323,9 @@ def test_tunnel_survives_many_failed_streams(conn: str) -> None:
             assert isinstance(c.receive(more_resp(sid, b"x"))[0], StreamFailed)
         out += c.take_frames()
         assert c.active_streams == 0
-        assert [k for _, k in kinds(out)] == ["new_stream"] + ["cancel", "new_stream"] * 49 + ["cancel"]
+        assert [k for _, k in kinds(out)] == ["new_stream"] + ["cancel", "new_stream"] * 49 + [
+            "cancel"
+        ]
     else:
         s = ServingConnection(negotiated=False)
         for sid in range(1, 51):

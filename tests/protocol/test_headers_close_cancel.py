@@ -57,7 +57,11 @@ def test_headers_go_before_messages() -> None:
     s.send_message(1, b"one")
     s.send_message(1, b"two")
     frames = s.take_frames()
-    assert kinds(frames) == [(1, "response_headers"), (1, "response_message"), (1, "response_message")]
+    assert kinds(frames) == [
+        (1, "response_headers"),
+        (1, "response_message"),
+        (1, "response_message"),
+    ]
 
 
 def test_headers_never_follow_a_message() -> None:
@@ -96,7 +100,12 @@ def test_message_without_headers_is_well_formed() -> None:
     c = ready_client()
     open_on_wire(c)
     evs = [e for f in frames for e in c.receive(f)]
-    assert [type(e) for e in evs] == [HeadersReceived, MessageReceived, MessageReceived, StreamClosed]
+    assert [type(e) for e in evs] == [
+        HeadersReceived,
+        MessageReceived,
+        MessageReceived,
+        StreamClosed,
+    ]
 
 
 def test_headers_never_sent_go_out_empty_just_before_close() -> None:
@@ -248,7 +257,14 @@ def test_late_frames_after_cancel_are_dropped() -> None:
     sid, _ = open_on_wire(c)
     c.receive(resp(sid, b"ab", size=10))
     c.cancel(sid)
-    for f in (more_resp(sid, b"cd"), resp(sid, b"x"), headers(sid), s2c_window(sid, 1), close(sid), close(sid, Code.CANCELLED)):
+    for f in (
+        more_resp(sid, b"cd"),
+        resp(sid, b"x"),
+        headers(sid),
+        s2c_window(sid, 1),
+        close(sid),
+        close(sid, Code.CANCELLED),
+    ):
         assert c.receive(f) == []
     assert kinds(c.take_frames()) == [(sid, "cancel")]
 

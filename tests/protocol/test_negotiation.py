@@ -21,6 +21,7 @@ from grpctunnel.protocol import (
 
 from .harness import (
     METHOD,
+    S2C,
     Pair,
     c2s_window,
     close,
@@ -99,7 +100,14 @@ def test_calling_negotiated_waits_for_settings() -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    [headers(1), resp(1, b"x"), close(1), s2c_window(1, 10), s2c_window(-1, 10), settings().__class__()],
+    [
+        headers(1),
+        resp(1, b"x"),
+        close(1),
+        s2c_window(1, 10),
+        s2c_window(-1, 10),
+        S2C(),
+    ],
     ids=["headers", "message", "close", "window", "window-on-tunnel", "empty-frame"],
 )
 def test_calling_frame_before_settings_is_protocol_error(frame: object) -> None:
@@ -136,7 +144,9 @@ def test_settings_with_empty_revision_list_is_protocol_error() -> None:
 @pytest.mark.parametrize(
     ("ours", "theirs"), [((0, 1), (5,)), ((1,), (0,)), ((0,), (1, 2)), ((0, 1), (2, 3, 7))]
 )
-def test_no_common_revision_is_protocol_error(ours: tuple[int, ...], theirs: tuple[int, ...]) -> None:
+def test_no_common_revision_is_protocol_error(
+    ours: tuple[int, ...], theirs: tuple[int, ...]
+) -> None:
     c = CallingConnection(negotiated=True, supported_revisions=ours)
     with pytest.raises(ProtocolError) as exc:
         c.receive(settings(revisions=theirs))
@@ -170,9 +180,11 @@ def test_highest_common_revision_is_chosen(
 def test_settings_window_zero_means_default_window() -> None:
     c = ready_client(window=0)
     assert c.peer_window == DEFAULT_WINDOW
-    sid, _ = open_on_wire(c, )
+    sid, _ = open_on_wire(c)
     c.send_message(sid, payload(DEFAULT_WINDOW + 10))
-    sent = sum(len(f.request_message.data or b"") + len(f.more_request_data) for f in c.take_frames())
+    sent = sum(
+        len(f.request_message.data or b"") + len(f.more_request_data) for f in c.take_frames()
+    )
     assert sent == DEFAULT_WINDOW
 
 
@@ -245,8 +257,22 @@ def test_serving_chooses_revision_per_stream() -> None:
     s.send_message(1, payload(4000))
     s.send_message(3, payload(4000))
     out = s.take_frames()
-    assert sum(len(f.response_message.data) + len(f.more_response_data) for f in out if f.stream_id == 1) == 4000
-    assert sum(len(f.response_message.data) + len(f.more_response_data) for f in out if f.stream_id == 3) == 500
+    assert (
+        sum(
+            len(f.response_message.data) + len(f.more_response_data)
+            for f in out
+            if f.stream_id == 1
+        )
+        == 4000
+    )
+    assert (
+        sum(
+            len(f.response_message.data) + len(f.more_response_data)
+            for f in out
+            if f.stream_id == 3
+        )
+        == 500
+    )
 
 
 def test_serving_unsupported_revision_is_unavailable() -> None:
@@ -266,7 +292,9 @@ def test_serving_unsupported_revision_is_unavailable() -> None:
 
 @pytest.mark.parametrize("negotiated", [True, False])
 def test_pair_negotiates_and_exchanges(negotiated: bool) -> None:
-    p = Pair(negotiated=negotiated, client={"receive_window": 3000}, server={"receive_window": 2000})
+    p = Pair(
+        negotiated=negotiated, client={"receive_window": 3000}, server={"receive_window": 2000}
+    )
     p.flush_server()
     if negotiated:
         assert kinds(p.in_flight_s2c) == [(-1, "settings")]

@@ -38,7 +38,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-NOISE_IDS = [0, -1, -2, 2**31, 2**62, 2**63 - 1, -(2**63)]
+MAX_ID = 2**63 - 1  # stream ids are int64
+NOISE_IDS = [0, -1, -2, 2**31, 2**62, MAX_ID, -(2**63)]
 noise_ids = st.one_of(st.sampled_from(NOISE_IDS), st.integers(-3, 12))
 uint32 = st.one_of(
     st.integers(0, 5000),
@@ -58,10 +59,24 @@ take_budgets = st.sampled_from([1, 1000, 1 << 20])
 close_codes = st.sampled_from([None, Code.OK, Code.INTERNAL])
 accept_modes = st.sampled_from(["stream", "unary", "none", "reject"])
 
-C2S_KINDS = ["new_stream", "request_message", "more_request_data", "half_close", "cancel",
-             "window_update", None]
-S2C_KINDS = ["response_headers", "response_message", "more_response_data", "close_stream",
-             "window_update", "settings", None]
+C2S_KINDS = [
+    "new_stream",
+    "request_message",
+    "more_request_data",
+    "half_close",
+    "cancel",
+    "window_update",
+    None,
+]
+S2C_KINDS = [
+    "response_headers",
+    "response_message",
+    "more_response_data",
+    "close_stream",
+    "window_update",
+    "settings",
+    None,
+]
 
 _BUF = bytes(range(251)) * 100
 
@@ -158,7 +173,9 @@ def calling_frame(data: st.DataObject, c: CallingConnection) -> S2C:
         )
         f.settings.initial_window_size = data.draw(uint32, label="window")
     elif k == "response_headers":
-        f.response_headers.CopyFrom(md(h="v") if data.draw(st.booleans()) else tunnel_pb2.Metadata())
+        f.response_headers.CopyFrom(
+            md(h="v") if data.draw(st.booleans()) else tunnel_pb2.Metadata()
+        )
     elif k == "response_message":
         f.response_message.CopyFrom(draw_message(data))
     elif k == "more_response_data":
@@ -173,7 +190,16 @@ def calling_frame(data: st.DataObject, c: CallingConnection) -> S2C:
     return f
 
 
-CALLING_OPS = ["frame"] * 6 + ["open", "send", "send", "half_close", "cancel", "consume", "take", "take"]
+CALLING_OPS = ["frame"] * 6 + [
+    "open",
+    "send",
+    "send",
+    "half_close",
+    "cancel",
+    "consume",
+    "take",
+    "take",
+]
 
 
 @FUZZ
@@ -198,14 +224,21 @@ def test_calling_connection_survives_random_frames(
     data: st.DataObject,
 ) -> None:
     c = CallingConnection(
-        negotiated=negotiated, receive_window=window, max_chunk_size=chunk,
+        negotiated=negotiated,
+        receive_window=window,
+        max_chunk_size=chunk,
         max_receive_message_size=max_msg,
     )
     if good_settings_first:
-        c.receive(S2C(stream_id=-1, settings=tunnel_pb2.Settings(
-            supported_protocol_revisions=[0, 1],  # type: ignore[list-item]
-            initial_window_size=peer_window,
-        )))
+        c.receive(
+            S2C(
+                stream_id=-1,
+                settings=tunnel_pb2.Settings(
+                    supported_protocol_revisions=[0, 1],  # type: ignore[list-item]
+                    initial_window_size=peer_window,
+                ),
+            )
+        )
     for _ in range(steps):
         op = pick(data, CALLING_OPS, "op")
         if op == "frame" and c.ready and not any(x.opened_on_wire for x in c._streams.values()):
@@ -217,7 +250,9 @@ def test_calling_connection_survives_random_frames(
                     event(f"calling: {type(e).__name__}")
             elif op == "open":
                 if c.ready:
-                    c.open_stream("/pkg.Service/Method", response_streaming=data.draw(st.booleans()))
+                    c.open_stream(
+                        "/pkg.Service/Method", response_streaming=data.draw(st.booleans())
+                    )
                     if data.draw(st.integers(0, 3)):
                         check_out_frames(c.take_frames(), c)
             elif op == "send":
@@ -233,7 +268,7 @@ def test_calling_connection_survives_random_frames(
         except ProtocolError as e:
             assert e.code == Code.INTERNAL and e.message
             event("calling: ProtocolError")
-            event("PE: " + e.message[:30])
+            event("calling ProtocolError: " + e.message[:30])
             return
         check_invariants(c)
     check_out_frames(c.take_frames(), c)
@@ -248,10 +283,12 @@ def serving_frame(data: st.DataObject, s: ServingConnection) -> C2S:
     live = sorted(i for i, x in s._streams.items() if not x.closing) or sorted(s._streams)
     if data.draw(one_in_25, label="noise?") == 24:
         k = pick(data, C2S_KINDS, "noise kind")
-        sid = data.draw(st.one_of(noise_ids, st.integers(hi - 2, hi + 3)), label="noise id")
+        sid = data.draw(
+            st.one_of(noise_ids, st.integers(hi - 2, min(hi + 3, MAX_ID))), label="noise id"
+        )
     elif not live or data.draw(st.integers(0, 5), label="open?") == 0:
         k = "new_stream"
-        sid = data.draw(st.integers(hi + 1, hi + 3), label="new id")
+        sid = data.draw(st.integers(min(hi + 1, MAX_ID), min(hi + 3, MAX_ID)), label="new id")
     else:
         if hi and data.draw(st.integers(0, 6), label="any old id?") == 0:
             sid = data.draw(st.integers(1, hi), label="old id")
@@ -284,7 +321,16 @@ def serving_frame(data: st.DataObject, s: ServingConnection) -> C2S:
     return f
 
 
-SERVING_OPS = ["frame"] * 7 + ["send_headers", "send", "send", "close", "reject", "consume", "take", "take"]
+SERVING_OPS = ["frame"] * 7 + [
+    "send_headers",
+    "send",
+    "send",
+    "close",
+    "reject",
+    "consume",
+    "take",
+    "take",
+]
 
 
 @FUZZ
@@ -307,8 +353,11 @@ def test_serving_connection_survives_random_frames(
     data: st.DataObject,
 ) -> None:
     s = ServingConnection(
-        negotiated=negotiated, receive_window=window, max_chunk_size=chunk,
-        max_receive_message_size=max_msg, supported_revisions=supported,
+        negotiated=negotiated,
+        receive_window=window,
+        max_chunk_size=chunk,
+        max_receive_message_size=max_msg,
+        supported_revisions=supported,
     )
     s.start()
     check_out_frames(s.take_frames(), s)

@@ -36,7 +36,9 @@ PAIR = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-message_sizes = st.one_of(st.integers(0, 16), st.integers(0, 2500), st.sampled_from([0, 1, 64, 1024, 4096]))
+message_sizes = st.one_of(
+    st.integers(0, 16), st.integers(0, 2500), st.sampled_from([0, 1, 64, 1024, 4096])
+)
 
 
 @dataclass
@@ -70,8 +72,17 @@ class Side:
 
 
 OPS = [
-    "flush_client", "flush_server", "to_server", "to_server_one", "to_client", "to_client_one",
-    "client_reads", "server_reads", "client_sends", "server_sends", "step",
+    "flush_client",
+    "flush_server",
+    "to_server",
+    "to_server_one",
+    "to_client",
+    "to_client_one",
+    "client_reads",
+    "server_reads",
+    "client_sends",
+    "server_sends",
+    "step",
 ]
 
 
@@ -246,8 +257,12 @@ def test_pair_delivers_everything_in_order_within_windows(
         pass
 
     for sid, plan in plan_of.items():
-        assert server.read[sid] == [payload(n, ("req", sid, j)) for j, n in enumerate(plan.requests)]
-        assert client.read[sid] == [payload(n, ("resp", sid, j)) for j, n in enumerate(plan.responses)]
+        assert server.read[sid] == [
+            payload(n, ("req", sid, j)) for j, n in enumerate(plan.requests)
+        ]
+        assert client.read[sid] == [
+            payload(n, ("resp", sid, j)) for j, n in enumerate(plan.responses)
+        ]
         assert closed[sid].status is None
         assert list(closed[sid].trailers.md["done"].val) == ["1"]
     assert p.client.active_streams == 0

@@ -20,6 +20,7 @@ from grpctunnel.protocol import (
 from .harness import (
     C2S,
     METHOD,
+    S2C,
     c2s_window,
     cancel,
     close,
@@ -71,7 +72,9 @@ def test_calling_allocates_increasing_ids_from_one() -> None:
     assert [f.stream_id for f in c.take_frames()] == [1, 2, 4, 5, 6]
 
 
-@pytest.mark.parametrize("method", ["", "/", "Method", "pkg.Service/Method", "/pkg.Service/", "//M", "/a/b/c", "/a b/c"])
+@pytest.mark.parametrize(
+    "method", ["", "/", "Method", "pkg.Service/Method", "/pkg.Service/", "//M", "/a/b/c", "/a b/c"]
+)
 def test_calling_refuses_malformed_method_names(method: str) -> None:
     c = ready_client()
     with pytest.raises(UsageError):
@@ -91,7 +94,9 @@ def test_new_stream_with_non_positive_id_is_protocol_error(sid: int) -> None:
 
 
 @pytest.mark.parametrize(("first", "second"), [(1, 1), (5, 3), (5, 5), (2**62, 7)])
-def test_new_stream_id_not_greater_than_every_seen_is_protocol_error(first: int, second: int) -> None:
+def test_new_stream_id_not_greater_than_every_seen_is_protocol_error(
+    first: int, second: int
+) -> None:
     s = serving()
     assert [type(e) for e in s.receive(new_stream(first))] == [StreamOpened]
     with pytest.raises(ProtocolError) as exc:
@@ -118,7 +123,16 @@ def test_new_stream_ids_may_skip() -> None:
     assert s.active_streams == 6
 
 
-@pytest.mark.parametrize("frame_of", [lambda i: req(i, b"x"), lambda i: more_req(i, b"x"), half_close, cancel, lambda i: c2s_window(i, 1)])
+@pytest.mark.parametrize(
+    "frame_of",
+    [
+        lambda i: req(i, b"x"),
+        lambda i: more_req(i, b"x"),
+        half_close,
+        cancel,
+        lambda i: c2s_window(i, 1),
+    ],
+)
 def test_serving_frame_for_id_above_highest_is_protocol_error(frame_of: object) -> None:
     s = serving_with_stream(5)
     with pytest.raises(ProtocolError) as exc:
@@ -227,7 +241,16 @@ def test_rejected_stream_close_goes_out_and_late_frames_do_not_end_tunnel() -> N
 # -- the calling side checks ids too ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame_of", [headers, lambda i: resp(i, b"x"), lambda i: more_resp(i, b"x"), close, lambda i: s2c_window(i, 1)])
+@pytest.mark.parametrize(
+    "frame_of",
+    [
+        headers,
+        lambda i: resp(i, b"x"),
+        lambda i: more_resp(i, b"x"),
+        close,
+        lambda i: s2c_window(i, 1),
+    ],
+)
 def test_calling_frame_for_unknown_id_is_protocol_error(frame_of: object) -> None:
     c = ready_client()
     open_on_wire(c)
@@ -248,7 +271,7 @@ def test_calling_frame_without_kind_is_protocol_error() -> None:
     c = ready_client()
     sid, _ = open_on_wire(c)
     with pytest.raises(ProtocolError):
-        c.receive(resp(sid, b"").__class__(stream_id=sid))
+        c.receive(S2C(stream_id=sid))
 
 
 def test_calling_drops_frames_for_finished_ids() -> None:
@@ -259,7 +282,13 @@ def test_calling_drops_frames_for_finished_ids() -> None:
     c.cancel(b)
     assert kinds(c.take_frames()) == [(b, "cancel")]
     for sid in (a, b):
-        for f in (headers(sid), resp(sid, b"late"), more_resp(sid, b"x"), s2c_window(sid, 5), close(sid)):
+        for f in (
+            headers(sid),
+            resp(sid, b"late"),
+            more_resp(sid, b"x"),
+            s2c_window(sid, 5),
+            close(sid),
+        ):
             assert c.receive(f) == []
     assert c.take_frames() == []
     # a stream cancelled before its new_stream went out is finished too
