@@ -151,6 +151,7 @@ class PendingChannel:
             peer="tunnel server",
             tunnel_metadata=headers,
             binary_base64=extended,
+            batch_frames=md.peer_batches(headers),
             max_send_message_length=opts.max_send_message_length,
         )
         tunnel = _ForwardTunnel(session, call)
@@ -286,6 +287,7 @@ class ReverseTunnelServer:
             peer="tunnel server",
             tunnel_metadata=headers,
             binary_base64=extended,
+            batch_frames=md.peer_batches(headers),
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
         )

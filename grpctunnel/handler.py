@@ -293,6 +293,7 @@ class TunnelServiceHandler:
             peer=peer,
             tunnel_metadata=invocation,
             binary_base64=extended,
+            batch_frames=md.peer_batches(invocation),
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
         )
@@ -324,6 +325,7 @@ class TunnelServiceHandler:
             peer=peer,
             tunnel_metadata=invocation,
             binary_base64=extended,
+            batch_frames=md.peer_batches(invocation),
             max_send_message_length=opts.max_send_message_length,
         )
         tunnel = ReverseTunnel(session)

@@ -29,7 +29,9 @@ NEGOTIATE_VALUE = "on"
 # When both sides send it, -bin values travel base64-encoded (so any bytes survive)
 # and larger windows and chunks are used.
 EXTENSIONS_HEADER = "grpctunnel-extensions"
-EXTENSIONS_VALUE = "binary-base64"
+BINARY_BASE64 = "binary-base64"
+BATCH = "batch"  # several frames in one message of the tunnel RPC (ClientToServer.batch)
+EXTENSIONS_VALUE = f"{BINARY_BASE64},{BATCH}"
 
 TIMEOUT_HEADER = "grpc-timeout"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -63,9 +65,21 @@ def peer_negotiates(md: Iterable[tuple[str, MetadataValue]] | None) -> bool:
     return first_value(md, NEGOTIATE_HEADER) == NEGOTIATE_VALUE
 
 
-def peer_has_extensions(md: Iterable[tuple[str, MetadataValue]] | None) -> bool:
+def peer_extensions(md: Iterable[tuple[str, MetadataValue]] | None) -> frozenset[str]:
+    """The extensions of this project that the peer announced."""
     value = first_value(md, EXTENSIONS_HEADER)
-    return isinstance(value, str) and EXTENSIONS_VALUE in value.split(",")
+    if not isinstance(value, str):
+        return frozenset()
+    return frozenset(part.strip() for part in value.split(","))
+
+
+def peer_has_extensions(md: Iterable[tuple[str, MetadataValue]] | None) -> bool:
+    """Whether the peer is of this project (base64 binary metadata, large windows)."""
+    return BINARY_BASE64 in peer_extensions(md)
+
+
+def peer_batches(md: Iterable[tuple[str, MetadataValue]] | None) -> bool:
+    return BATCH in peer_extensions(md)
 
 
 def to_proto(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -71,8 +71,10 @@ class Session(Generic[Conn]):
         peer: str,
         tunnel_metadata: md.MetadataPairs,
         binary_base64: bool,
+        batch_frames: bool = False,
     ) -> None:
         self.stream = stream
+        self.batch_frames = batch_frames
         self.conn: Conn = conn
         self.peer = peer
         self.tunnel_metadata = tunnel_metadata
@@ -231,13 +233,21 @@ class Session(Generic[Conn]):
             frame = await read()
             if frame is EOF:
                 return
-            events = receive(frame)
-            for event in events:
-                listener = listeners.get(event.stream_id)
-                if listener is not None:
-                    listener.on_event(event)
-                else:
-                    self.on_unclaimed_event(event)
+            if frame.batch:
+                if not self.batch_frames:
+                    raise ProtocolError("a batch of frames from a peer that did not negotiate batches")
+                inner: Sequence[Any] = list(frame.batch)
+                if frame.WhichOneof("frame") is not None or any(f.batch for f in inner):
+                    raise ProtocolError("a batch frame must hold only plain frames")
+            else:
+                inner = (frame,)
+            for one in inner:
+                for event in receive(one):
+                    listener = listeners.get(event.stream_id)
+                    if listener is not None:
+                        listener.on_event(event)
+                    else:
+                        self.on_unclaimed_event(event)
             if self.conn.wants_to_send():
                 self._wake.set()
 
@@ -255,6 +265,8 @@ class Session(Generic[Conn]):
                     break
                 if self._writable:
                     self._notify_writable()
+                if self.batch_frames and len(frames) > 1:
+                    frames = _batched(frames)
                 for frame in frames:
                     await write(frame)
             self._writing = False
@@ -308,6 +320,40 @@ def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
         if not fut.done():
             fut.set_result(None)
     futures.clear()
+
+
+# frames whose encoded size is below this are carried in batches; larger ones (chunks of
+# big messages) go alone, so that batching never copies bulk data
+_BATCH_FRAME_LIMIT = 16 * 1024
+_BATCH_BYTES = 256 * 1024
+
+
+def _batched(frames: list[Any]) -> list[Any]:
+    """Packs runs of small frames into batch frames, keeping the order."""
+    out: list[Any] = []
+    group: list[Any] = []
+    size = 0
+    for frame in frames:
+        n = frame.ByteSize()
+        if n >= _BATCH_FRAME_LIMIT or size + n > _BATCH_BYTES:
+            _flush_group(group, out)
+            group, size = [], 0
+            if n >= _BATCH_FRAME_LIMIT:
+                out.append(frame)
+                continue
+        group.append(frame)
+        size += n
+    _flush_group(group, out)
+    return out
+
+
+def _flush_group(group: list[Any], out: list[Any]) -> None:
+    if len(group) == 1:
+        out.append(group[0])
+    elif group:
+        batch = type(group[0])()
+        batch.batch.extend(group)
+        out.append(batch)
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:

@@ -118,6 +118,7 @@ class TunnelPair:
             peer="in-memory",
             tunnel_metadata=self.tunnel_metadata,
             binary_base64=self.extended,
+            batch_frames=self.extended,
             registry=self.server.registry,
             max_send_message_length=self.options.max_send_message_length,
         )
@@ -132,6 +133,7 @@ class TunnelPair:
             peer="in-memory",
             tunnel_metadata=(),
             binary_base64=self.extended,
+            batch_frames=self.extended,
             max_send_message_length=self.options.max_send_message_length,
         )
         tunnel = _ForwardTunnel(self.calling_session, calling_end)

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agrpctunnel/v1/tunnel.proto\x12\rgrpctunnel.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17google/rpc/status.proto\"\xa1\x02\n\x0e\x43lientToServer\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12.\n\nnew_stream\x18\x02 \x01(\x0b\x32\x18.grpctunnel.v1.NewStreamH\x00\x12\x35\n\x0frequest_message\x18\x03 \x01(\x0b\x32\x1a.grpctunnel.v1.MessageDataH\x00\x12\x1b\n\x11more_request_data\x18\x04 \x01(\x0cH\x00\x12,\n\nhalf_close\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12(\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x17\n\rwindow_update\x18\x07 \x01(\rH\x00\x42\x07\n\x05\x66rame\"\xb1\x02\n\x0eServerToClient\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12\x33\n\x10response_headers\x18\x02 \x01(\x0b\x32\x17.grpctunnel.v1.MetadataH\x00\x12\x36\n\x10response_message\x18\x03 \x01(\x0b\x32\x1a.grpctunnel.v1.MessageDataH\x00\x12\x1c\n\x12more_response_data\x18\x04 \x01(\x0cH\x00\x12\x32\n\x0c\x63lose_stream\x18\x05 \x01(\x0b\x32\x1a.grpctunnel.v1.CloseStreamH\x00\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x17.grpctunnel.v1.SettingsH\x00\x12\x17\n\rwindow_update\x18\x07 \x01(\rH\x00\x42\x07\n\x05\x66rame\"n\n\x08Settings\x12\x45\n\x1csupported_protocol_revisions\x18\x01 \x03(\x0e\x32\x1f.grpctunnel.v1.ProtocolRevision\x12\x1b\n\x13initial_window_size\x18\x02 \x01(\r\"\xab\x01\n\tNewStream\x12\x13\n\x0bmethod_name\x18\x01 \x01(\t\x12\x30\n\x0frequest_headers\x18\x02 \x01(\x0b\x32\x17.grpctunnel.v1.Metadata\x12\x1b\n\x13initial_window_size\x18\x03 \x01(\r\x12:\n\x11protocol_revision\x18\x04 \x01(\x0e\x32\x1f.grpctunnel.v1.ProtocolRevision\")\n\x0bMessageData\x12\x0c\n\x04size\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"e\n\x0b\x43loseStream\x12\x32\n\x11response_trailers\x18\x01 \x01(\x0b\x32\x17.grpctunnel.v1.Metadata\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x99\x01\n\x08Metadata\x12+\n\x02md\x18\x01 \x03(\x0b\x32\x1f.grpctunnel.v1.Metadata.MdEntry\x1a\x15\n\x06Values\x12\x0b\n\x03val\x18\x01 \x03(\t\x1aI\n\x07MdEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.grpctunnel.v1.Metadata.Values:\x02\x38\x01*7\n\x10ProtocolRevision\x12\x11\n\rREVISION_ZERO\x10\x00\x12\x10\n\x0cREVISION_ONE\x10\x01\x32\xb6\x01\n\rTunnelService\x12N\n\nOpenTunnel\x12\x1d.grpctunnel.v1.ClientToServer\x1a\x1d.grpctunnel.v1.ServerToClient(\x01\x30\x01\x12U\n\x11OpenReverseTunnel\x12\x1d.grpctunnel.v1.ServerToClient\x1a\x1d.grpctunnel.v1.ClientToServer(\x01\x30\x01\x42&Z$github.com/jhump/grpctunnel/tunnelpbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agrpctunnel/v1/tunnel.proto\x12\rgrpctunnel.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17google/rpc/status.proto\"\xd0\x02\n\x0e\x43lientToServer\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12.\n\nnew_stream\x18\x02 \x01(\x0b\x32\x18.grpctunnel.v1.NewStreamH\x00\x12\x35\n\x0frequest_message\x18\x03 \x01(\x0b\x32\x1a.grpctunnel.v1.MessageDataH\x00\x12\x1b\n\x11more_request_data\x18\x04 \x01(\x0cH\x00\x12,\n\nhalf_close\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12(\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x17\n\rwindow_update\x18\x07 \x01(\rH\x00\x12-\n\x05\x62\x61tch\x18\xe8\x07 \x03(\x0b\x32\x1d.grpctunnel.v1.ClientToServerB\x07\n\x05\x66rame\"\xe0\x02\n\x0eServerToClient\x12\x11\n\tstream_id\x18\x01 \x01(\x03\x12\x33\n\x10response_headers\x18\x02 \x01(\x0b\x32\x17.grpctunnel.v1.MetadataH\x00\x12\x36\n\x10response_message\x18\x03 \x01(\x0b\x32\x1a.grpctunnel.v1.MessageDataH\x00\x12\x1c\n\x12more_response_data\x18\x04 \x01(\x0cH\x00\x12\x32\n\x0c\x63lose_stream\x18\x05 \x01(\x0b\x32\x1a.grpctunnel.v1.CloseStreamH\x00\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x17.grpctunnel.v1.SettingsH\x00\x12\x17\n\rwindow_update\x18\x07 \x01(\rH\x00\x12-\n\x05\x62\x61tch\x18\xe8\x07 \x03(\x0b\x32\x1d.grpctunnel.v1.ServerToClientB\x07\n\x05\x66rame\"n\n\x08Settings\x12\x45\n\x1csupported_protocol_revisions\x18\x01 \x03(\x0e\x32\x1f.grpctunnel.v1.ProtocolRevision\x12\x1b\n\x13initial_window_size\x18\x02 \x01(\r\"\xab\x01\n\tNewStream\x12\x13\n\x0bmethod_name\x18\x01 \x01(\t\x12\x30\n\x0frequest_headers\x18\x02 \x01(\x0b\x32\x17.grpctunnel.v1.Metadata\x12\x1b\n\x13initial_window_size\x18\x03 \x01(\r\x12:\n\x11protocol_revision\x18\x04 \x01(\x0e\x32\x1f.grpctunnel.v1.ProtocolRevision\")\n\x0bMessageData\x12\x0c\n\x04size\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"e\n\x0b\x43loseStream\x12\x32\n\x11response_trailers\x18\x01 \x01(\x0b\x32\x17.grpctunnel.v1.Metadata\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x99\x01\n\x08Metadata\x12+\n\x02md\x18\x01 \x03(\x0b\x32\x1f.grpctunnel.v1.Metadata.MdEntry\x1a\x15\n\x06Values\x12\x0b\n\x03val\x18\x01 \x03(\t\x1aI\n\x07MdEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.grpctunnel.v1.Metadata.Values:\x02\x38\x01*7\n\x10ProtocolRevision\x12\x11\n\rREVISION_ZERO\x10\x00\x12\x10\n\x0cREVISION_ONE\x10\x01\x32\xb6\x01\n\rTunnelService\x12N\n\nOpenTunnel\x12\x1d.grpctunnel.v1.ClientToServer\x1a\x1d.grpctunnel.v1.ServerToClient(\x01\x30\x01\x12U\n\x11OpenReverseTunnel\x12\x1d.grpctunnel.v1.ServerToClient\x1a\x1d.grpctunnel.v1.ClientToServer(\x01\x30\x01\x42&Z$github.com/jhump/grpctunnel/tunnelpbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z$github.com/jhump/grpctunnel/tunnelpb'
   _globals['_METADATA_MDENTRY']._loaded_options = None
   _globals['_METADATA_MDENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOLREVISION']._serialized_start=1287
-  _globals['_PROTOCOLREVISION']._serialized_end=1342
+  _globals['_PROTOCOLREVISION']._serialized_start=1381
+  _globals['_PROTOCOLREVISION']._serialized_end=1436
   _globals['_CLIENTTOSERVER']._serialized_start=100
-  _globals['_CLIENTTOSERVER']._serialized_end=389
-  _globals['_SERVERTOCLIENT']._serialized_start=392
-  _globals['_SERVERTOCLIENT']._serialized_end=697
-  _globals['_SETTINGS']._serialized_start=699
-  _globals['_SETTINGS']._serialized_end=809
-  _globals['_NEWSTREAM']._serialized_start=812
-  _globals['_NEWSTREAM']._serialized_end=983
-  _globals['_MESSAGEDATA']._serialized_start=985
-  _globals['_MESSAGEDATA']._serialized_end=1026
-  _globals['_CLOSESTREAM']._serialized_start=1028
-  _globals['_CLOSESTREAM']._serialized_end=1129
-  _globals['_METADATA']._serialized_start=1132
-  _globals['_METADATA']._serialized_end=1285
-  _globals['_METADATA_VALUES']._serialized_start=1189
-  _globals['_METADATA_VALUES']._serialized_end=1210
-  _globals['_METADATA_MDENTRY']._serialized_start=1212
-  _globals['_METADATA_MDENTRY']._serialized_end=1285
-  _globals['_TUNNELSERVICE']._serialized_start=1345
-  _globals['_TUNNELSERVICE']._serialized_end=1527
+  _globals['_CLIENTTOSERVER']._serialized_end=436
+  _globals['_SERVERTOCLIENT']._serialized_start=439
+  _globals['_SERVERTOCLIENT']._serialized_end=791
+  _globals['_SETTINGS']._serialized_start=793
+  _globals['_SETTINGS']._serialized_end=903
+  _globals['_NEWSTREAM']._serialized_start=906
+  _globals['_NEWSTREAM']._serialized_end=1077
+  _globals['_MESSAGEDATA']._serialized_start=1079
+  _globals['_MESSAGEDATA']._serialized_end=1120
+  _globals['_CLOSESTREAM']._serialized_start=1122
+  _globals['_CLOSESTREAM']._serialized_end=1223
+  _globals['_METADATA']._serialized_start=1226
+  _globals['_METADATA']._serialized_end=1379
+  _globals['_METADATA_VALUES']._serialized_start=1283
+  _globals['_METADATA_VALUES']._serialized_end=1304
+  _globals['_METADATA_MDENTRY']._serialized_start=1306
+  _globals['_METADATA_MDENTRY']._serialized_end=1379
+  _globals['_TUNNELSERVICE']._serialized_start=1439
+  _globals['_TUNNELSERVICE']._serialized_end=1621
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ REVISION_ZERO: ProtocolRevision
 REVISION_ONE: ProtocolRevision
 
 class ClientToServer(_message.Message):
-    __slots__ = ("stream_id", "new_stream", "request_message", "more_request_data", "half_close", "cancel", "window_update")
+    __slots__ = ("stream_id", "new_stream", "request_message", "more_request_data", "half_close", "cancel", "window_update", "batch")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_STREAM_FIELD_NUMBER: _ClassVar[int]
     REQUEST_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class ClientToServer(_message.Message):
     HALF_CLOSE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     WINDOW_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     stream_id: int
     new_stream: NewStream
     request_message: MessageData
@@ -32,10 +33,11 @@ class ClientToServer(_message.Message):
     half_close: _empty_pb2.Empty
     cancel: _empty_pb2.Empty
     window_update: int
-    def __init__(self, stream_id: _Optional[int] = ..., new_stream: _Optional[_Union[NewStream, _Mapping]] = ..., request_message: _Optional[_Union[MessageData, _Mapping]] = ..., more_request_data: _Optional[bytes] = ..., half_close: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., cancel: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., window_update: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[ClientToServer]
+    def __init__(self, stream_id: _Optional[int] = ..., new_stream: _Optional[_Union[NewStream, _Mapping]] = ..., request_message: _Optional[_Union[MessageData, _Mapping]] = ..., more_request_data: _Optional[bytes] = ..., half_close: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., cancel: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., window_update: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[ClientToServer, _Mapping]]] = ...) -> None: ...
 
 class ServerToClient(_message.Message):
-    __slots__ = ("stream_id", "response_headers", "response_message", "more_response_data", "close_stream", "settings", "window_update")
+    __slots__ = ("stream_id", "response_headers", "response_message", "more_response_data", "close_stream", "settings", "window_update", "batch")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,7 @@ class ServerToClient(_message.Message):
     CLOSE_STREAM_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     stream_id: int
     response_headers: Metadata
     response_message: MessageData
@@ -50,7 +53,8 @@ class ServerToClient(_message.Message):
     close_stream: CloseStream
     settings: Settings
     window_update: int
-    def __init__(self, stream_id: _Optional[int] = ..., response_headers: _Optional[_Union[Metadata, _Mapping]] = ..., response_message: _Optional[_Union[MessageData, _Mapping]] = ..., more_response_data: _Optional[bytes] = ..., close_stream: _Optional[_Union[CloseStream, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., window_update: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[ServerToClient]
+    def __init__(self, stream_id: _Optional[int] = ..., response_headers: _Optional[_Union[Metadata, _Mapping]] = ..., response_message: _Optional[_Union[MessageData, _Mapping]] = ..., more_response_data: _Optional[bytes] = ..., close_stream: _Optional[_Union[CloseStream, _Mapping]] = ..., settings: _Optional[_Union[Settings, _Mapping]] = ..., window_update: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[ServerToClient, _Mapping]]] = ...) -> None: ...
 
 class Settings(_message.Message):
     __slots__ = ("supported_protocol_revisions", "initial_window_size")
