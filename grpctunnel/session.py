@@ -235,10 +235,15 @@ class Session(Generic[Conn]):
                 return
             if frame.batch:
                 if not self.batch_frames:
-                    raise ProtocolError("a batch of frames from a peer that did not negotiate batches")
+                    raise ProtocolError(
+                        "a batch of frames from a peer that did not negotiate batches",
+                        self.conn._stream_error_code,
+                    )
                 inner: Sequence[Any] = list(frame.batch)
                 if frame.WhichOneof("frame") is not None or any(f.batch for f in inner):
-                    raise ProtocolError("a batch frame must hold only plain frames")
+                    raise ProtocolError(
+                        "a batch frame must hold only plain frames", self.conn._stream_error_code
+                    )
             else:
                 inner = (frame,)
             for one in inner:

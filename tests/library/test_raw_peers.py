@@ -587,3 +587,86 @@ async def test_reverse_peer_answering_a_stream_never_opened(
         await call
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "never opened" in (info.value.details() or "")
+
+
+# -- the batch extension: several frames in one tunnel message ---------------------------
+BOTH_EXTENSIONS = ("grpctunnel-extensions", "binary-base64,batch")
+
+
+def batch_of(*frames: C2S) -> C2S:
+    outer = C2S()
+    outer.batch.extend(frames)
+    return outer
+
+
+async def test_batched_call_is_served_and_answered_in_batches(
+    backend_with_bystander: tuple[Any, Any],
+) -> None:
+    backend, _ = backend_with_bystander
+    raw = RawTunnel(backend.dial().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
+    headers = dict(await raw.call.initial_metadata())
+    assert "batch" in headers["grpctunnel-extensions"].split(",")
+    settings = await raw.read()
+    assert settings.WhichOneof("frame") == "settings"
+    window = settings.settings.initial_window_size
+    await raw.send(
+        batch_of(
+            new_stream(1, revision=1, window=window), request(1, echo_request("hi")), half_close(1)
+        )
+    )
+    frames: list[Any] = []
+    batches = 0
+    while not any(f.WhichOneof("frame") == "close_stream" for f in frames):
+        frame = await raw.read()
+        if frame.batch:
+            batches += 1
+            frames.extend(frame.batch)
+        else:
+            frames.append(frame)
+    kinds = [f.WhichOneof("frame") for f in frames if f.stream_id == 1]
+    assert kinds == ["response_headers", "response_message", "close_stream"]
+    assert batches >= 1, "a peer that announced batches gets its small frames batched"
+    raw.call.cancel()
+
+
+async def test_batch_from_a_peer_that_did_not_negotiate_it_ends_the_tunnel(
+    backend_with_bystander: tuple[Any, Any],
+) -> None:
+    backend, _ = backend_with_bystander
+    raw = await RawTunnel.open(backend, negotiate=True)
+    await raw.send(
+        batch_of(
+            new_stream(1, revision=1, window=65536), request(1, echo_request("x")), half_close(1)
+        )
+    )
+    code, details = await raw.ended()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch" in details
+
+
+async def test_nested_batch_ends_the_tunnel(backend_with_bystander: tuple[Any, Any]) -> None:
+    backend, _ = backend_with_bystander
+    raw = RawTunnel(backend.dial().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
+    await raw.call.initial_metadata()
+    await raw.read()  # settings
+    await raw.send(batch_of(batch_of(new_stream(1, revision=1, window=65536))))
+    code, details = await raw.ended()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch" in details
+
+
+async def test_go_like_peer_never_receives_a_batch(backend_with_bystander: tuple[Any, Any]) -> None:
+    backend, _ = backend_with_bystander
+    raw = await RawTunnel.open(backend, negotiate=True)
+    for sid in range(1, 6):
+        await raw.send(
+            new_stream(sid, revision=1, window=65536),
+            request(sid, echo_request(f"m{sid}")),
+            half_close(sid),
+        )
+    closed = 0
+    while closed < 5:
+        frame = await raw.read()
+        assert not frame.batch
+        closed += frame.WhichOneof("frame") == "close_stream"
+    raw.call.cancel()
