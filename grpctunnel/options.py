@@ -30,7 +30,8 @@ class TunnelOptions:
     message (None: no limit); beyond them a call fails with RESOURCE_EXHAUSTED.
     ``disable_flow_control`` uses protocol revision zero (no windows). Window and
     chunk sizes default to the large ones between peers of this project and Go's
-    otherwise.
+    otherwise. ``max_concurrent_streams`` bounds the calls a peer may have in progress
+    at once on one tunnel served here; beyond it a call fails with RESOURCE_EXHAUSTED.
     """
 
     max_receive_message_length: int | None = DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
@@ -38,6 +39,7 @@ class TunnelOptions:
     disable_flow_control: bool = False
     initial_window_size: int | None = None
     max_chunk_size: int | None = None
+    max_concurrent_streams: int | None = None
 
     def connection_params(self, *, extended_peer: bool) -> dict[str, Any]:
         """Keyword arguments for a protocol connection with this peer."""
@@ -48,6 +50,7 @@ class TunnelOptions:
             "max_chunk_size": chunk,
             "max_receive_message_size": self.max_receive_message_length,
             "supported_revisions": (0,) if self.disable_flow_control else SUPPORTED_REVISIONS,
+            "max_concurrent_streams": self.max_concurrent_streams,
         }
 
 

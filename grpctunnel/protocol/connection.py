@@ -55,6 +55,7 @@ class _Connection(Generic[Frame]):
         max_chunk_size: int,
         max_receive_message_size: int | None,
         supported_revisions: tuple[int, ...],
+        max_concurrent_streams: int | None = None,
     ) -> None:
         if not 0 < receive_window <= MAX_WINDOW:
             raise ValueError("receive_window must be between 1 and 2**32-1")
@@ -64,6 +65,8 @@ class _Connection(Generic[Frame]):
         self.max_chunk_size = max_chunk_size
         self.max_receive_message_size = max_receive_message_size
         self.supported_revisions = tuple(sorted(set(supported_revisions)))
+        # serving side: streams beyond this many at once are refused
+        self.max_concurrent_streams = max_concurrent_streams
         # revision zero has no windows: what one stream may hold unread before it fails
         self.max_unflowed_bytes = max(16 * 1024 * 1024, 2 * (max_receive_message_size or 0))
         self._streams: dict[int, StreamState] = {}
@@ -282,12 +285,14 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
         max_chunk_size: int = GO_CHUNK_SIZE,
         max_receive_message_size: int | None = 4 * 1024 * 1024,
         supported_revisions: tuple[int, ...] = SUPPORTED_REVISIONS,
+        max_concurrent_streams: int | None = None,
     ) -> None:
         super().__init__(
             receive_window=receive_window,
             max_chunk_size=max_chunk_size,
             max_receive_message_size=max_receive_message_size,
             supported_revisions=supported_revisions,
+            max_concurrent_streams=max_concurrent_streams,
         )
         self.negotiated = negotiated
         self.ready = not negotiated
@@ -459,12 +464,14 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         max_chunk_size: int = GO_CHUNK_SIZE,
         max_receive_message_size: int | None = 4 * 1024 * 1024,
         supported_revisions: tuple[int, ...] = SUPPORTED_REVISIONS,
+        max_concurrent_streams: int | None = None,
     ) -> None:
         super().__init__(
             receive_window=receive_window,
             max_chunk_size=max_chunk_size,
             max_receive_message_size=max_receive_message_size,
             supported_revisions=supported_revisions,
+            max_concurrent_streams=max_concurrent_streams,
         )
         self.negotiated = negotiated
         self._highest_stream_id = 0
@@ -583,7 +590,16 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         revision = int(ns.protocol_revision)
         send_window, recv_window = self._new_windows(revision, ns.initial_window_size)
         st = StreamState(stream_id, revision, send_window, recv_window)
+        limit = self.max_concurrent_streams
+        over_limit = limit is not None and len(self._streams) >= limit
         self._streams[stream_id] = st
+        if over_limit:
+            self.reject_stream(
+                stream_id,
+                Code.RESOURCE_EXHAUSTED,
+                f"too many concurrent streams on this tunnel (limit {limit})",
+            )
+            return []
         if revision not in self.supported_revisions:
             self.reject_stream(
                 stream_id, Code.UNAVAILABLE, f"unsupported protocol revision {revision}"

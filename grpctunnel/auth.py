@@ -1,0 +1,272 @@
+"""Who may open tunnels and make calls: bearer tokens with rights.
+
+A :class:`TokenAuthority` holds the accepted tokens, each with a :class:`Grant`: the right
+to expose (open reverse tunnels, optionally only under given names or for given
+services), the right to call (open forward tunnels and make calls, optionally only to
+given services), and a limit on tunnels. Tokens arrive as ``authorization: Bearer
+<token>`` metadata and are compared by their SHA-256 digests in constant time.
+
+:class:`AuthInterceptor` enforces the grants on a ``grpc.aio.Server``; the gateway
+enforces the per-service rights of calls made inside forward tunnels, where the token
+is the one the tunnel was opened with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from grpctunnel import metadata as md
+
+AUTHORIZATION = "authorization"
+_BEARER = "bearer "
+
+TUNNEL_SERVICE = "grpctunnel.v1.TunnelService"
+OPEN_TUNNEL = f"/{TUNNEL_SERVICE}/OpenTunnel"
+OPEN_REVERSE_TUNNEL = f"/{TUNNEL_SERVICE}/OpenReverseTunnel"
+# reachable without a token, so load balancers can probe
+PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+
+class AuthConfigError(ValueError):
+    """A token file is malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one token may do. ``None`` for a set means "any"."""
+
+    name: str = "token"
+    may_expose: bool = True
+    expose_names: frozenset[str] | None = None
+    expose_services: frozenset[str] | None = None
+    may_call: bool = True
+    call_services: frozenset[str] | None = None
+    max_tunnels: int | None = None
+
+    def may_call_service(self, service: str) -> bool:
+        return self.may_call and (self.call_services is None or service in self.call_services)
+
+    def may_expose_as(self, name: str, services: Iterable[str]) -> str | None:
+        """Why this grant may not expose ``services`` as ``name``, or None if it may."""
+        if not self.may_expose:
+            return f"credential {self.name!r} may not expose services"
+        if self.expose_names is not None and name not in self.expose_names:
+            return f"credential {self.name!r} may not expose under the name {name!r}"
+        if self.expose_services is not None:
+            denied = sorted(set(services) - self.expose_services)
+            if denied:
+                return f"credential {self.name!r} may not expose {', '.join(denied)}"
+        return None
+
+
+@dataclass
+class TokenAuthority:
+    """The accepted tokens and their grants."""
+
+    _grants: dict[bytes, Grant] = field(default_factory=dict)
+
+    @classmethod
+    def single(cls, token: str) -> TokenAuthority:
+        """One token with every right."""
+        authority = cls()
+        authority.add(token, Grant(name="token"))
+        return authority
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenAuthority:
+        """Reads a token file: either one token on its own (every right), or JSON::
+
+            {"tokens": [
+              {"name": "agent-1", "token": "...", "expose": true, "call": false,
+               "expose_names": ["agent-1"], "expose_services": ["pkg.Svc"]},
+              {"name": "ops", "token": "...", "expose": false, "call": ["pkg.Svc"],
+               "max_tunnels": 4}
+            ]}
+
+        ``call`` is true (any service), false, or a list of services.
+        """
+        text = Path(path).read_text(encoding="utf-8").strip()
+        if not text:
+            raise AuthConfigError(f"{path}: the token file is empty")
+        if not text.startswith("{"):
+            if len(text.split()) != 1:
+                raise AuthConfigError(f"{path}: expected one token, or JSON with a 'tokens' list")
+            return cls.single(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AuthConfigError(f"{path}: not valid JSON: {e}") from None
+        entries = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise AuthConfigError(f"{path}: expected a non-empty 'tokens' list")
+        authority = cls()
+        for i, entry in enumerate(entries):
+            authority.add(*_parse_entry(entry, f"{path}: tokens[{i}]"))
+        return authority
+
+    def add(self, token: str, grant: Grant) -> None:
+        if not token:
+            raise AuthConfigError("a token may not be empty")
+        self._grants[_digest(token)] = grant
+
+    def authenticate(self, pairs: Iterable[tuple[str, Any]] | None) -> Grant | None:
+        """The grant of the bearer token in ``pairs``, or None."""
+        token = bearer_token(pairs)
+        if token is None:
+            return None
+        presented = _digest(token)
+        found = None
+        for digest, grant in self._grants.items():  # no early exit: constant time per call
+            if hmac.compare_digest(digest, presented):
+                found = grant
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _names(value: Any, where: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuthConfigError(f"{where}: expected a list of names")
+    return frozenset(value)
+
+
+def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
+    if not isinstance(entry, dict):
+        raise AuthConfigError(f"{where}: expected an object")
+    token = entry.get("token")
+    if not isinstance(token, str) or not token:
+        raise AuthConfigError(f"{where}: 'token' must be a non-empty string")
+    unknown = set(entry) - {
+        "name",
+        "token",
+        "expose",
+        "call",
+        "expose_names",
+        "expose_services",
+        "max_tunnels",
+    }
+    if unknown:
+        raise AuthConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    call = entry.get("call", True)
+    if isinstance(call, bool):
+        may_call, call_services = call, None
+    else:
+        may_call, call_services = True, _names(call, f"{where}.call")
+    expose = entry.get("expose", True)
+    if not isinstance(expose, bool):
+        raise AuthConfigError(f"{where}: 'expose' must be true or false")
+    max_tunnels = entry.get("max_tunnels")
+    if max_tunnels is not None and (not isinstance(max_tunnels, int) or max_tunnels < 1):
+        raise AuthConfigError(f"{where}: 'max_tunnels' must be a positive integer")
+    grant = Grant(
+        name=str(entry.get("name") or where),
+        may_expose=expose,
+        expose_names=_names(entry.get("expose_names"), f"{where}.expose_names"),
+        expose_services=_names(entry.get("expose_services"), f"{where}.expose_services"),
+        may_call=may_call,
+        call_services=call_services,
+        max_tunnels=max_tunnels,
+    )
+    return token, grant
+
+
+def bearer_token(pairs: Iterable[tuple[str, Any]] | None) -> str | None:
+    value = md.first_value(pairs, AUTHORIZATION)
+    if not isinstance(value, str) or not value.lower().startswith(_BEARER):
+        return None
+    return value[len(_BEARER) :].strip() or None
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that carries ``token``."""
+    return ((AUTHORIZATION, f"Bearer {token}"),)
+
+
+def service_of(method: str) -> str:
+    return method[1:].split("/", 1)[0]
+
+
+def check(
+    authority: TokenAuthority, method: str, pairs: Iterable[tuple[str, Any]] | None
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why a call of ``method`` with metadata ``pairs`` is refused, or None."""
+    service = service_of(method)
+    if service in PUBLIC_SERVICES:
+        return None
+    grant = authority.authenticate(pairs)
+    if grant is None:
+        if bearer_token(pairs) is None:
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing credentials: send 'authorization: Bearer <token>'",
+            )
+        return grpc.StatusCode.UNAUTHENTICATED, "invalid token"
+    if method == OPEN_REVERSE_TUNNEL:
+        if not grant.may_expose:
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {grant.name!r} may not expose services",
+            )
+        return None
+    if method == OPEN_TUNNEL:
+        if not grant.may_call:
+            return (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {grant.name!r} may not make calls",
+            )
+        return None
+    if not grant.may_call_service(service):
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"credential {grant.name!r} may not call {service}",
+        )
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg]
+    """Refuses calls to a ``grpc.aio.Server`` whose bearer token does not grant them."""
+
+    def __init__(self, authority: TokenAuthority) -> None:
+        self._authority = authority
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        refusal = check(
+            self._authority, handler_call_details.method, handler_call_details.invocation_metadata
+        )
+        if refusal is None:
+            return await continuation(handler_call_details)
+        code, details = refusal
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(code, details)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+__all__ = [
+    "AuthConfigError",
+    "AuthInterceptor",
+    "Grant",
+    "TokenAuthority",
+    "bearer_metadata",
+    "bearer_token",
+    "check",
+]
