@@ -1,0 +1,50 @@
+"""Keepalive settings for tunnel connections, in one place.
+
+A tunnel is one long-lived RPC, so a half-open connection (a frozen peer, a pulled
+cable) would otherwise go unnoticed until the operating system gives up, which can take
+hours. Both ends ping: the dialling side through its channel options, the tunnel server
+through its server options, and each end gives up on the connection when a ping goes
+unanswered for ``timeout`` seconds, which fails every call on the tunnel with
+UNAVAILABLE. The server accepts pings as often as its own clients send them, so clients
+are never told "too many pings".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_INTERVAL = 10.0  # seconds between pings on an idle connection
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for a ping's answer: dead within ~20 s
+
+
+def channel_options(
+    interval: float = DEFAULT_INTERVAL, timeout: float = DEFAULT_TIMEOUT
+) -> list[tuple[str, Any]]:
+    """grpc channel options for the dialling side of tunnels (PendingChannel,
+    ReverseTunnelServer, expose)."""
+    return [
+        ("grpc.keepalive_time_ms", int(interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options(
+    interval: float = DEFAULT_INTERVAL, timeout: float = DEFAULT_TIMEOUT
+) -> list[tuple[str, Any]]:
+    """grpc server options for a tunnel server: it pings its clients too, and lets
+    them ping as often as :func:`channel_options` makes them."""
+    min_client_interval_ms = max(1000, int(interval * 1000 / 2))
+    return [
+        ("grpc.keepalive_time_ms", int(interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", min_client_interval_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_client_interval_ms),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+__all__ = ["DEFAULT_INTERVAL", "DEFAULT_TIMEOUT", "channel_options", "server_options"]
