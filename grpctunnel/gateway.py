@@ -202,6 +202,10 @@ class _MergedReflection:
         self._gateway = gateway
         self._pool = descriptor_pool.DescriptorPool()
         self._added: set[str] = set()
+        # Descriptor answers the tunnels gave, replayed when no tunnel can answer (its
+        # backend is down, or nothing exposes the service now), so that callers can still
+        # resolve the method and learn from the call why it is unavailable.
+        self._learned: dict[tuple[str, str], list[bytes]] = {}
         for module in (tunnel_pb2, health_pb2, reflection_pb2):
             self._add(module.DESCRIPTOR)
 
@@ -254,8 +258,14 @@ class _MergedReflection:
             response.file_descriptor_response.file_descriptor_proto.extend(local)
             return response
         remote = await self._ask_tunnels(request, kind, path)
+        key = _learnable(request, kind)
         if remote is not None:
+            if key is not None and remote.HasField("file_descriptor_response"):
+                self._learned[key] = list(remote.file_descriptor_response.file_descriptor_proto)
             return remote
+        if key is not None and key in self._learned:
+            response.file_descriptor_response.file_descriptor_proto.extend(self._learned[key])
+            return response
         response.error_response.error_code = grpc.StatusCode.NOT_FOUND.value[0]
         response.error_response.error_message = "not found"
         return response
@@ -297,6 +307,15 @@ class _MergedReflection:
             if answer is not None and answer.WhichOneof("message_response") != "error_response":
                 return answer
         return None
+
+
+def _learnable(request: Any, kind: str | None) -> tuple[str, str] | None:
+    """The key under which a descriptor answer to ``request`` is remembered, if any."""
+    if kind == "file_by_filename":
+        return (kind, request.file_by_filename)
+    if kind == "file_containing_symbol":
+        return (kind, request.file_containing_symbol)
+    return None
 
 
 class _Either(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
