@@ -277,12 +277,27 @@ class TunnelServiceHandler:
             context.peer(),
         )
 
+    async def _check_accept(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        kind: str,
+        invocation: md.MetadataPairs,
+        peer: str,
+    ) -> None:
+        accept = self.options.accept_tunnel
+        if accept is None:
+            return
+        refusal = accept(kind, invocation, peer)
+        if refusal is not None:
+            await context.abort(*refusal)
+
     async def _serve_forward(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
         invocation, negotiated, extended, peer = self._open_session_params(context)
-        await context.send_initial_metadata(md.tunnel_open_headers())
         opts = self.options
+        await self._check_accept(context, "forward", invocation, peer)
+        await context.send_initial_metadata(md.tunnel_open_headers())
         conn = ServingConnection(
             negotiated=negotiated, **opts.connection_params(extended_peer=extended)
         )
@@ -296,6 +311,7 @@ class TunnelServiceHandler:
             batch_frames=md.peer_batches(invocation),
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
+            authorize_call=opts.authorize_call,
         )
         session.flush()
         self._forward.add(session)
@@ -315,6 +331,7 @@ class TunnelServiceHandler:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
         invocation, negotiated, extended, peer = self._open_session_params(context)
+        await self._check_accept(context, "reverse", invocation, peer)
         await context.send_initial_metadata(md.tunnel_open_headers())
         conn = CallingConnection(
             negotiated=negotiated, **opts.connection_params(extended_peer=extended)

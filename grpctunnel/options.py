@@ -11,6 +11,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.protocol import DEFAULT_WINDOW, GO_CHUNK_SIZE, SUPPORTED_REVISIONS
 
@@ -62,9 +64,18 @@ class TunnelServiceHandlerOptions(TunnelOptions):
     ``on_reverse_tunnel_close`` are called with the :class:`ReverseTunnel` as reverse
     tunnels come and go. ``affinity_key`` maps a reverse tunnel (its metadata, its peer)
     to the key that ``key_as_channel`` selects tunnels by.
+
+    ``accept_tunnel(kind, metadata, peer)`` (kind "forward" or "reverse") may refuse a
+    tunnel as it opens by returning a status code and message; ``authorize_call(
+    tunnel_metadata, method)`` may likewise refuse each call made through a forward
+    tunnel. Both see the metadata the tunnel was opened with (its credentials).
     """
 
     no_reverse_tunnels: bool = False
+    accept_tunnel: (
+        Callable[[str, MetadataPairs, str], tuple[grpc.StatusCode, str] | None] | None
+    ) = None
+    authorize_call: Callable[[MetadataPairs, str], tuple[grpc.StatusCode, str] | None] | None = None
     on_reverse_tunnel_open: Callable[[ReverseTunnel], Any] | None = None
     on_reverse_tunnel_close: Callable[[ReverseTunnel], Any] | None = None
     affinity_key: Callable[[ReverseTunnel], Hashable] | None = None

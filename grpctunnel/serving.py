@@ -31,6 +31,8 @@ from grpctunnel.session import EOF, Session
 log = logging.getLogger("grpctunnel")
 
 MethodSpec = Mapping[str, Any]
+# (tunnel metadata, method) -> None to allow the call, or the status to refuse it with
+CallAuthorizer = Callable[[md.MetadataPairs, str], "tuple[grpc.StatusCode, str] | None"]
 
 
 class _CallDetails(
@@ -174,11 +176,13 @@ class ServingSession(Session[ServingConnection]):
         *args: Any,
         registry: ServiceRegistry,
         max_send_message_length: int | None = None,
+        authorize_call: CallAuthorizer | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.registry = registry
         self.max_send_message_length = max_send_message_length
+        self.authorize_call = authorize_call
 
     def on_unclaimed_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.StreamOpened):
@@ -187,6 +191,13 @@ class ServingSession(Session[ServingConnection]):
     def _open_call(self, event: ev.StreamOpened) -> None:
         invocation = md.from_proto(event.headers, binary_base64=self.binary_base64)
         conn = self.conn
+        if self.authorize_call is not None:
+            refusal = self.authorize_call(self.tunnel_metadata, event.method)
+            if refusal is not None:
+                code, details = refusal
+                conn.reject_stream(event.stream_id, Code(code.value[0]), details)
+                self.flush()
+                return
         handler = self.registry.lookup(event.method, invocation)
         if handler is None:
             service = event.method[1:].split("/", 1)[0]

@@ -96,7 +96,9 @@ class StreamState:
         self.queued_bytes = 0  # message bytes queued but not yet framed
         self.partial: PartialMessage | None = None
         self.unread = 0  # whole messages delivered but not yet consumed
-        self.unread_unreleased: deque[tuple[int, int]] = deque()  # per unread message: (size, bytes held)
+        self.unread_unreleased: deque[tuple[int, int]] = (
+            deque()
+        )  # per unread message: (size, bytes held)
         self.buffered = 0  # bytes received and not yet consumed by the application
         self.messages_in = 0
         self.single_message_in = False  # a second inbound message is an error

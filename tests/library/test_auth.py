@@ -146,3 +146,53 @@ async def test_interceptor_guards_tunnels_and_calls() -> None:
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def test_handler_hooks_refuse_tunnels_and_calls_inside_them() -> None:
+    from grpctunnel import ReverseTunnelServer, TunnelClientOptions, TunnelServiceHandlerOptions
+    from grpctunnel.metadata import first_value
+
+    def accept(kind: str, metadata: object, peer: str) -> tuple[grpc.StatusCode, str] | None:
+        if kind == "reverse" and first_value(metadata, "who") != "agent":  # type: ignore[arg-type]
+            return grpc.StatusCode.PERMISSION_DENIED, "only agents expose"
+        return None
+
+    def authorize(tunnel_metadata: object, method: str) -> tuple[grpc.StatusCode, str] | None:
+        if first_value(tunnel_metadata, "who") != "ops":  # type: ignore[arg-type]
+            return grpc.StatusCode.PERMISSION_DENIED, f"may not call {method}"
+        return None
+
+    handler = TunnelServiceHandler(
+        TunnelServiceHandlerOptions(accept_tunnel=accept, authorize_call=authorize)
+    )
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), handler)
+    server = grpc.aio.server()
+    add_TunnelServiceServicer_to_server(handler.service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = TunnelServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ReverseTunnelServer(stub).serve(timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        agent = ReverseTunnelServer(stub, TunnelClientOptions(metadata=(("who", "agent"),)))
+        tunnel = await agent.serve(timeout=10)
+        await tunnel.close()
+
+        for who, allowed in (("ops", True), ("guest", False)):
+            forward = await PendingChannel(stub).start(metadata=(("who", who),), timeout=10)
+            echo = echo_pb2_grpc.EchoStub(forward)
+            if allowed:
+                assert (await echo.Echo(echo_pb2.EchoRequest(msg="x"), timeout=10)).msg == "x"
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await echo.Echo(echo_pb2.EchoRequest(msg="x"), timeout=10)
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "may not call /grpctunnel.demo.v1.Echo/Echo" in (
+                    denied.value.details() or ""
+                )
+            await forward.close()
+    finally:
+        await channel.close()
+        await server.stop(None)
