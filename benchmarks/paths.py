@@ -9,30 +9,26 @@ the path needs outside the caller (a reverse tunnel, extra processes) and return
 it and their RSS is counted on the server side.
 
 To add a path, write a PathDef and call :func:`register_path`; run.py measures every
-registered path (or those named with ``--paths``) against ``direct``. A sketch of a
-future ``cli`` path, through a ``grpctunnel serve`` process and an ``expose`` process::
+registered path (or those named with ``--paths``) against ``direct``. The ``cli`` path
+below is the worked example of a path that starts processes of its own.
 
-    def _open_cli(pair: Pair) -> dict[str, Any]:
-        serve_port = free_port()
-        pair.add_process("cli", subprocess.Popen(
-            [GRPCTUNNEL, "serve", "--listen", f"127.0.0.1:{serve_port}"]))
-        pair.add_process("cli", subprocess.Popen(
-            [GRPCTUNNEL, "expose", "--server", f"127.0.0.1:{serve_port}",
-             "--backend", f"127.0.0.1:{pair.service_port}"]))
-        wait_for_port(serve_port)
-        return {"kind": "grpc", "target": f"127.0.0.1:{serve_port}"}
-
-    register_path(PathDef("cli", "CLI", "serve + expose processes", _open_cli))
-
-(the command-line flags above are placeholders for whatever the CLI offers).
+A path may leave out a scenario that cannot run on it (``PathDef.skips``: scenario name ->
+reason); the table then shows "n/a" and the JSON records the reason under ``skipped``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import re
+import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import workers
@@ -108,6 +104,8 @@ class Pair:
     service: Worker
     caller: Worker
     processes: dict[str, list[subprocess.Popen[Any]]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # what paths keep between open/close
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run by stop()
 
     @classmethod
     def start(cls) -> Pair:
@@ -164,6 +162,8 @@ class Pair:
         self.processes.clear()
         self.caller.stop()
         self.service.stop()
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 def _stop_process(process: subprocess.Popen[Any]) -> None:
@@ -187,6 +187,7 @@ class PathDef:
     description: str
     open: Callable[[Pair], dict[str, Any]]
     close: Callable[[Pair], None] = _no_op
+    skips: dict[str, str] = field(default_factory=dict)  # scenario -> why it is left out
 
 
 PATHS: dict[str, PathDef] = {}
@@ -248,4 +249,181 @@ register_path(
     )
 )
 
-__all__ = ["BASELINE", "PATHS", "Pair", "PathDef", "Worker", "WorkerError", "register_path"]
+
+# -- the cli path: `grpctunnel serve` + `grpctunnel expose` processes ------------------------
+
+
+@dataclass
+class CliSettings:
+    """How the cli path runs the command line (run.py sets ``tunnels`` from
+    ``--cli-tunnels``)."""
+
+    tunnels: int = 2
+    start_timeout: float = 30.0
+
+
+CLI = CliSettings()
+# what the service process offers; named with `expose --service` (it has no reflection)
+CLI_SERVICES = ("grpctunnel.demo.v1.Echo", "grpctunnel.bench.v1.Bench")
+CLI_MAX_MESSAGE_MIB = 128  # `serve --max-message-mib`, as bench_service.MAX_MESSAGE
+
+
+def grpctunnel_command() -> list[str]:
+    """The `grpctunnel` console script next to this interpreter (the virtualenv's)."""
+    script = Path(sys.executable).parent / "grpctunnel"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("grpctunnel")
+    if found is None:
+        raise FileNotFoundError(f"no grpctunnel executable next to {sys.executable} or on PATH")
+    return [found]
+
+
+_LISTENING = re.compile(r"tunnel server listening on \S+:(\d+)")
+_TUNNEL_OPENED = "tunnel opened:"  # serve's log, once per reverse tunnel
+_TUNNEL_CONNECTED = re.compile(r"tunnel \d+ connected")  # expose's log, likewise
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _wait_for_log(
+    process: subprocess.Popen[Any],
+    log: Path,
+    what: str,
+    found: Callable[[str], Any],
+    timeout: float,
+    shown: tuple[Path, ...] = (),
+) -> Any:
+    """Polls ``log`` until ``found(text)`` returns something; fails when ``process``
+    exits or ``timeout`` seconds pass, with the end of ``shown`` (default: ``log``) in
+    the message."""
+    deadline = time.monotonic() + timeout
+
+    def tails() -> str:
+        return "\n".join(f"--- {p.name}:\n{_tail(p)}" for p in shown or (log,))
+
+    while True:
+        result = found(log.read_text(errors="replace") if log.exists() else "")
+        if result:
+            return result
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{what}: process exited with status {process.returncode}:\n{tails()}"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not ready within {timeout:.0f} s:\n{tails()}")
+        time.sleep(0.05)
+
+
+def _open_cli(pair: Pair) -> dict[str, Any]:
+    """Starts `grpctunnel serve` on a free port and `grpctunnel expose` of the service
+    process's port to it with ``CLI.tunnels`` reverse tunnels; ready when serve has
+    logged every tunnel as opened. The caller then calls serve with a plain channel."""
+    command = grpctunnel_command()
+    logs = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    pair.state["cli_logs"] = logs
+    pair.cleanups.append(lambda: shutil.rmtree(logs, ignore_errors=True))
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    serve_log = logs / "serve.log"
+    with open(serve_log, "wb") as out:
+        serve = subprocess.Popen(
+            [
+                *command,
+                "serve",
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--grace",
+                "1",
+                "--max-message-mib",
+                str(CLI_MAX_MESSAGE_MIB),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+        )
+    pair.add_process("cli", serve)
+
+    def listening(text: str) -> int | None:
+        match = _LISTENING.search(text)
+        return int(match.group(1)) if match else None
+
+    port = _wait_for_log(serve, serve_log, "grpctunnel serve", listening, CLI.start_timeout)
+    pair.state["cli_serve_pid"] = serve.pid
+    expose_log = logs / "expose.log"
+    services = [arg for name in CLI_SERVICES for arg in ("--service", name)]
+    with open(expose_log, "wb") as out:
+        expose = subprocess.Popen(
+            [
+                *command,
+                "expose",
+                f"127.0.0.1:{pair.service_port}",
+                "--to",
+                f"127.0.0.1:{port}",
+                "--name",
+                "bench",
+                "--tunnels",
+                str(CLI.tunnels),
+                *services,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+        )
+    pair.add_process("cli", expose)
+    pair.state["cli_expose_pid"] = expose.pid
+
+    def all_open(serve_text: str) -> bool:
+        # serve's word that it registered each tunnel; expose's as a fallback should
+        # serve's log line change
+        if serve_text.count(_TUNNEL_OPENED) >= CLI.tunnels:
+            return True
+        expose_text = expose_log.read_text(errors="replace") if expose_log.exists() else ""
+        return len(_TUNNEL_CONNECTED.findall(expose_text)) >= CLI.tunnels
+
+    _wait_for_log(
+        expose,
+        serve_log,
+        f"{CLI.tunnels} reverse tunnel(s) from grpctunnel expose",
+        all_open,
+        CLI.start_timeout,
+        shown=(expose_log, serve_log),
+    )
+    return {"kind": "grpc", "target": f"127.0.0.1:{port}"}
+
+
+def _close_cli(pair: Pair) -> None:
+    logs = pair.state.pop("cli_logs", None)
+    pair.state.pop("cli_serve_pid", None)
+    pair.state.pop("cli_expose_pid", None)
+    if logs is not None:
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+register_path(
+    PathDef(
+        "cli",
+        "cli",
+        "command line: the caller's plain grpc.aio channel to a `grpctunnel serve` process, "
+        "which relays each call over a reverse tunnel opened by a `grpctunnel expose` "
+        "process, which relays it to the service process's grpc.aio server",
+        _open_cli,
+        _close_cli,
+        skips={
+            "big_unary": "`grpctunnel expose` has no message-size option: its channel to the "
+            "backend keeps gRPC's default 4 MiB receive limit, so an 8 MiB reply fails with "
+            "RESOURCE_EXHAUSTED"
+        },
+    )
+)
+
+__all__ = ["BASELINE", "CLI", "PATHS", "Pair", "PathDef", "Worker", "WorkerError", "register_path"]

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Benchmarks of grpctunnel: direct gRPC against forward and reverse tunnels.
+"""Benchmarks of grpctunnel: direct gRPC against forward and reverse tunnels and the
+command line (serve + expose).
 
     python benchmarks/run.py [--quick | --smoke] [--repeat N] [--json PATH]
-                             [--paths direct,forward,reverse] [--profile SCENARIO]
+                             [--paths direct,forward,reverse,cli] [--profile SCENARIO]
+                             [--cli-tunnels N]
 
 Every figure is measured between two processes, a *service process* (hosts the
-services) and a *caller process* (makes and times the calls); see workers.py. The
+services) and a *caller process* (makes and times the calls), plus on the cli path a
+`grpctunnel serve` and a `grpctunnel expose` process between them; see workers.py. The
 paths (how a call travels) are registered in paths.py, the scenarios below. Each
 scenario is repeated (median reported); each tunnel figure is shown next to the
 direct one with the ratio path ÷ direct. See benchmarks/README.md.
@@ -32,7 +35,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
-from paths import BASELINE, PATHS, Pair, PathDef  # noqa: E402
+from paths import BASELINE, CLI, PATHS, Pair, PathDef, grpctunnel_command  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -187,9 +190,14 @@ def _run_streams(pair: Pair, path: PathDef, ctx: RunContext) -> dict[str, Any]:
         pair, path, ctx
     )
     server_after, client_after = pair.server_rss(path.name), pair.client_rss()
+    service_after = pair.service.rss()
     return {
         **result,
         "server_rss_mib": server_after / MiB,
+        # the service process alone; the rest of server_rss_mib is the path's own
+        # processes (cli: serve + expose)
+        "service_process_rss_mib": service_after / MiB,
+        "path_processes_rss_mib": (server_after - service_after) / MiB,
         "client_rss_mib": client_after / MiB,
         "server_rss_delta_mib": (server_after - server_before) / MiB,
         "client_rss_delta_mib": (client_after - client_before) / MiB,
@@ -332,6 +340,20 @@ def machine_info() -> dict[str, Any]:
 # -- running ------------------------------------------------------------------------------
 
 
+def grpctunnel_command_or_none() -> list[str]:
+    try:
+        return grpctunnel_command()
+    except FileNotFoundError:
+        return []
+
+
+def _process_label(process: Any) -> str:
+    """``serve``/``expose`` for the cli path's processes (the command's first word)."""
+    args = process.args if isinstance(process.args, list | tuple) else [str(process.args)]
+    words = [str(a) for a in args[1:] if not str(a).startswith("-")]
+    return words[0] if words else Path(str(args[0])).name
+
+
 def _rotated(paths: list[PathDef], k: int) -> list[PathDef]:
     k %= len(paths)
     return paths[k:] + paths[:k]
@@ -357,6 +379,12 @@ class Runner_:
         self.log.print(f"[red]  ! {scenario} / {path}: {last}[/]")
 
     def _measure(self, rep: int, pair: Pair, scenario: Scenario, path: PathDef) -> None:
+        if scenario.name in path.skips:
+            if rep == 0:
+                self.log.print(
+                    f"  {scenario.name:<17} {path.name:<8} [dim]skipped: not on this path[/]"
+                )
+            return
         started = time.monotonic()
         try:
             result = scenario.run(pair, path, self.ctx)
@@ -391,6 +419,10 @@ class Runner_:
                 try:
                     pair.open_path(path)
                     opened.append(path)
+                    extra = pair.processes.get(path.name, [])
+                    if extra:
+                        shown = ", ".join(f"{_process_label(p)} pid {p.pid}" for p in extra)
+                        self.log.print(f"  [dim]{path.name}: {shown}[/]")
                 except Exception as e:
                     for s in scenarios:
                         self._error(rep, s.name, path.name, e)
@@ -430,6 +462,7 @@ def _median(values: list[float]) -> float | None:
 def aggregate(runner: Runner_, counts: Counts) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for scenario in runner.scenarios:
+        skipped = {p.name: p.skips[scenario.name] for p in runner.paths if scenario.name in p.skips}
         per_path = runner.samples[scenario.name]
         metrics: dict[str, Any] = {}
         for metric in scenario.metrics(counts):
@@ -469,6 +502,7 @@ def aggregate(runner: Runner_, counts: Counts) -> dict[str, Any]:
             "pair": scenario.pair,
             "metrics": metrics,
             "details_median": details,
+            "skipped": skipped,
             "runs": per_path,
         }
     return out
@@ -513,6 +547,11 @@ def build_table(report: dict[str, Any], paths: list[PathDef], caption: str) -> T
             better = {"lower": "lower", "higher": "higher", "linear": "≈ linear"}[metric["better"]]
             cells = [f"  {metric['label']}", better]
             for path in paths:
+                if path.name in scenario.get("skipped", {}):
+                    cells.append("[dim]skipped[/]")
+                    if path.name != BASELINE:
+                        cells.append("[dim]n/a[/]")
+                    continue
                 cells.append(_fmt(metric["values"][path.name]["median"], digits))
                 if path.name != BASELINE:
                     cells.append(_ratio_cell(metric["ratios"].get(path.name), metric["better"]))
@@ -520,14 +559,30 @@ def build_table(report: dict[str, Any], paths: list[PathDef], caption: str) -> T
     return table
 
 
-def caption_text(machine: dict[str, Any], repeat: int, profile: str) -> str:
-    return (
+def caption_text(
+    machine: dict[str, Any], repeat: int, profile: str, report: dict[str, Any] | None = None
+) -> str:
+    text = (
         f"{machine['cpu_model']} · {machine['usable_cores']} cores · Python {machine['python']} · "
         f"grpcio {machine['grpcio']} · profile {profile} · median of {repeat} run(s)\n"
         f"ratio = path ÷ {BASELINE}. 'better' says which way is good: for 'lower' rows a ratio "
         f"above 1 means the tunnel is slower/bigger; for 'higher' rows a ratio below 1 means "
         f"the tunnel is slower. ≈: within 5 %; yellow: up to 25 % worse; red: more."
     )
+    if report is not None and "cli" in report.get("paths", {}):
+        tunnels = report["meta"].get("cli", {}).get("tunnels")
+        text += (
+            f"\ncli: `grpctunnel expose --tunnels {tunnels}`; its server RSS is the service "
+            f"process plus the serve and expose processes."
+        )
+    skipped = {
+        (path, reason)
+        for scenario in (report or {}).get("scenarios", {}).values()
+        for path, reason in scenario.get("skipped", {}).items()
+    }
+    for path, reason in sorted(skipped):
+        text += f"\nskipped on {path}: {reason}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,7 +611,17 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile the caller process during this scenario (e.g. unary_throughput); "
         "writes profile-SCENARIO-PATH.txt next to the JSON",
     )
+    parser.add_argument(
+        "--cli-tunnels",
+        type=int,
+        default=CLI.tunnels,
+        metavar="N",
+        help=f"reverse tunnels `grpctunnel expose` keeps open on the cli path (default {CLI.tunnels})",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.cli_tunnels <= 64:
+        parser.error("--cli-tunnels must be between 1 and 64")
+    CLI.tunnels = args.cli_tunnels
 
     profile_name = "smoke" if args.smoke else "quick" if args.quick else "default"
     counts = PROFILES[profile_name]
@@ -581,8 +646,8 @@ def main(argv: list[str] | None = None) -> int:
 
     json_path: Path = args.json
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    console = Console(width=None if sys.stdout.isatty() else 150)
-    log = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    log = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
     machine = machine_info()
     ctx = RunContext(counts, args.profile, json_path.parent)
@@ -609,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime()),
             "argv": sys.argv[1:] if argv is None else argv,
             "baseline": BASELINE,
+            "cli": {"tunnels": CLI.tunnels, "command": " ".join(grpctunnel_command_or_none())},
             "ratio": f"path / {BASELINE}; see each metric's 'better' (lower/higher/linear)",
         },
         "paths": {p.name: {"label": p.label, "description": p.description} for p in paths},
@@ -617,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
 
-    caption = caption_text(machine, repeat, profile_name)
+    caption = caption_text(machine, repeat, profile_name, report)
     console.print(build_table({**report, "_counts": counts}, paths, caption))
     console.print(f"total {elapsed:.0f} s · JSON: {json_path}")
     if runner.errors:

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/run.py: a --smoke run (a few calls per scenario) finishes
-and writes JSON with every scenario and every path. No timing is asserted."""
+and writes JSON with every scenario and every path, the cli path included (it runs the
+`grpctunnel serve` and `grpctunnel expose` commands). No timing is asserted."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
-PATHS = {"direct", "forward", "reverse"}
+GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"  # what the cli path runs
+PATHS = {"direct", "forward", "reverse", "cli"}
 SCENARIOS = {
     "unary_latency",
     "unary_throughput",
@@ -21,6 +23,12 @@ SCENARIOS = {
     "memory_growth",
     "streams_1000",
 }
+# scenarios a path leaves out on purpose (paths.PathDef.skips), with a reason in the JSON
+SKIPPED = {("big_unary", "cli")}
+
+
+def test_grpctunnel_executable_is_installed() -> None:
+    assert GRPCTUNNEL.exists(), f"the cli path needs {GRPCTUNNEL} (pip install -e .)"
 
 
 @pytest.mark.timeout(180)
@@ -37,16 +45,31 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
 
     assert report["errors"] == []
-    assert set(report["paths"]) >= PATHS
+    assert set(report["paths"]) == PATHS
     machine = report["meta"]["machine"]
     for key in ("cpu_model", "usable_cores", "python", "grpcio"):
         assert machine[key]
+    assert report["meta"]["cli"]["tunnels"] >= 1
     assert set(report["scenarios"]) == SCENARIOS
     for name, scenario in report["scenarios"].items():
         assert scenario["metrics"], name
+        skipped = {path for (s, path) in SKIPPED if s == name}
+        assert set(scenario["skipped"]) == skipped, name
+        for path in skipped:
+            assert scenario["skipped"][path], (name, path)  # a reason
         for key, metric in scenario["metrics"].items():
-            assert set(metric["values"]) == set(report["paths"]), (name, key)
+            assert set(metric["values"]) == PATHS, (name, key)
             for path, value in metric["values"].items():
+                if path in skipped:
+                    assert value["median"] is None and value["samples"] == [], (name, key, path)
+                    continue
                 assert value["median"] is not None, (name, key, path)
                 assert len(value["samples"]) == 1, (name, key, path)
-            assert set(metric["ratios"]) == set(report["paths"]) - {"direct"}, (name, key)
+            assert set(metric["ratios"]) == PATHS - {"direct"}, (name, key)
+            for path in skipped:
+                assert metric["ratios"][path] is None, (name, key, path)
+
+    # the cli path's server side is three processes: service, serve and expose
+    streams = report["scenarios"]["streams_1000"]["details_median"]
+    assert streams["path_processes_rss_mib"]["cli"] > 0
+    assert streams["path_processes_rss_mib"]["direct"] == 0
