@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.session import EOF
 
 log = logging.getLogger("grpctunnel")
@@ -70,7 +71,9 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     ``route`` returning None leaves the call to other handlers; returning a
     :class:`RouteError` fails it with that status. ``observer``, if given, is told the
-    method, final code and duration of each relayed call.
+    method, final code and duration of each relayed call. With ``kinds``, methods known
+    to take one request are relayed as unary calls (far cheaper in grpc.aio than the
+    bidirectional stream that fits every kind, which is used otherwise).
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         *,
         observer: CallObserver | None = None,
         drop_headers: frozenset[str] = frozenset(),
+        kinds: MethodKinds | None = None,
     ) -> None:
         self._route = route
+        self._kinds = kinds
         self._observer = observer
         self._drop = drop_headers
         self.in_flight = 0
@@ -108,36 +113,150 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             return None
         if isinstance(decision, RouteError):
             return grpc.stream_stream_rpc_method_handler(_failing(decision))
+        kind = self._kinds.get(method) if self._kinds is not None else None
+        if kind == (False, False):
+            return grpc.unary_unary_rpc_method_handler(self._unary_for(method, decision))
+        if kind == (False, True):
+            return grpc.unary_stream_rpc_method_handler(self._unary_stream_for(method, decision))
         return grpc.stream_stream_rpc_method_handler(self._relay_for(method, decision))
+
+    # -- accounting -------------------------------------------------------------------
+
+    def _begin(self) -> float:
+        self.in_flight += 1
+        return asyncio.get_running_loop().time()
+
+    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+        if self._observer is not None:
+            self._observer(method, code, asyncio.get_running_loop().time() - started)
+
+    @staticmethod
+    def _final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
+        if isinstance(error, asyncio.CancelledError):
+            return grpc.StatusCode.CANCELLED
+        code = context.code()
+        if error is None:
+            return grpc.StatusCode.OK if code in (None, grpc.StatusCode.OK) else code  # type: ignore[no-any-return]
+        return code or grpc.StatusCode.UNKNOWN  # type: ignore[no-any-return]
+
+    # -- the relays -------------------------------------------------------------------
 
     def _relay_for(self, method: str, route: Route) -> Callable[[Any, Any], AsyncIterator[bytes]]:
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            started = asyncio.get_running_loop().time()
-            code = grpc.StatusCode.UNKNOWN
-            self.in_flight += 1
+            started = self._begin()
+            error: BaseException | None = None
             try:
                 async for message in relay_call(route, method, requests, context, self._drop):
                     yield message
-                code = (
-                    grpc.StatusCode.OK
-                    if context.code() in (None, grpc.StatusCode.OK)
-                    else context.code()
-                )
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except BaseException as e:
+                error = e
                 raise
             finally:
-                self.in_flight -= 1
-                if not self.in_flight and self._idle is not None:
-                    self._idle.set()
-                    self._idle = None
-                if self._observer is not None:
-                    self._observer(method, code, asyncio.get_running_loop().time() - started)
+                self._end(method, self._final_code(context, error), started)
 
         return relay
+
+    def _unary_for(self, method: str, route: Route) -> Callable[[bytes, Any], Awaitable[bytes]]:
+        async def relay(request: bytes, context: Any) -> bytes:
+            started = self._begin()
+            error: BaseException | None = None
+            try:
+                channel: Any = route.channel
+                call = channel.unary_unary(method)(
+                    request,
+                    metadata=relayable(context.invocation_metadata(), self._drop),
+                    timeout=context.time_remaining(),
+                )
+                try:
+                    response = await call
+                except grpc.aio.AioRpcError as e:
+                    await _relay_failure(
+                        route,
+                        context,
+                        e.code(),
+                        e.details() or "",
+                        e.initial_metadata(),
+                        e.trailing_metadata(),
+                    )
+                await _relay_headers(context, await call.initial_metadata())
+                _relay_trailers(context, await call.trailing_metadata())
+                return bytes(response)
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                self._end(method, self._final_code(context, error), started)
+
+        return relay
+
+    def _unary_stream_for(
+        self, method: str, route: Route
+    ) -> Callable[[bytes, Any], AsyncIterator[bytes]]:
+        async def relay(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            started = self._begin()
+            error: BaseException | None = None
+            try:
+                channel: Any = route.channel
+                call = channel.unary_stream(method)(
+                    request,
+                    metadata=relayable(context.invocation_metadata(), self._drop),
+                    timeout=context.time_remaining(),
+                )
+                try:
+                    await _relay_headers(context, await call.initial_metadata())
+                    while True:
+                        message = await call.read()
+                        if message is EOF:
+                            break
+                        yield bytes(message)
+                except grpc.aio.AioRpcError as e:
+                    await _relay_failure(
+                        route,
+                        context,
+                        e.code(),
+                        e.details() or "",
+                        e.initial_metadata(),
+                        e.trailing_metadata(),
+                    )
+                _relay_trailers(context, await call.trailing_metadata())
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                self._end(method, self._final_code(context, error), started)
+
+        return relay
+
+
+async def _relay_headers(context: Any, headers: Any) -> None:
+    relayed = relayable(headers)
+    if relayed:
+        await context.send_initial_metadata(relayed)
+
+
+def _relay_trailers(context: Any, trailers: Any) -> None:
+    kept = _kept_trailers(trailers)
+    if kept:
+        context.set_trailing_metadata(kept)
+
+
+def _kept_trailers(trailers: Any) -> md.MetadataPairs:
+    return tuple(
+        (k, v) for k, v in trailers or () if k == md.STATUS_DETAILS_KEY or not md.is_reserved(k)
+    )
+
+
+async def _relay_failure(
+    route: Route, context: Any, code: grpc.StatusCode, details: str, headers: Any, trailers: Any
+) -> NoReturn:
+    if route.name and code == grpc.StatusCode.UNAVAILABLE and not headers:
+        details = f"{route.name} unavailable: {details}"
+    await context.abort(code, details, _kept_trailers(trailers))
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 def _failing(error: RouteError) -> Callable[[Any, Any], Any]:
@@ -164,10 +283,7 @@ async def relay_call(
     first = _FirstStatus(upstream)
     pump = asyncio.ensure_future(_pump(requests, upstream))
     try:
-        headers = await upstream.initial_metadata()
-        relayed_headers = relayable(headers)
-        if relayed_headers:
-            await context.send_initial_metadata(relayed_headers)
+        await _relay_headers(context, await upstream.initial_metadata())
         while True:
             message = await upstream.read()
             if message is EOF:
@@ -185,16 +301,10 @@ async def relay_call(
     received = await upstream.trailing_metadata()
     if code == grpc.StatusCode.INTERNAL and first.status is not None:
         code, details, received = first.status
-    trailers = tuple(
-        (k, v) for k, v in received or () if k == md.STATUS_DETAILS_KEY or not md.is_reserved(k)
-    )
     if code == grpc.StatusCode.OK:
-        if trailers:
-            context.set_trailing_metadata(trailers)
+        _relay_trailers(context, received)
         return
-    if route.name and code == grpc.StatusCode.UNAVAILABLE and not await upstream.initial_metadata():
-        details = f"{route.name} unavailable: {details}"
-    await context.abort(code, details, trailers)
+    await _relay_failure(route, context, code, details, await upstream.initial_metadata(), received)
 
 
 class _FirstStatus:

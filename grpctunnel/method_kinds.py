@@ -1,0 +1,147 @@
+"""What kind each method is (unary or streaming, each way), learnt by server reflection,
+so that a relay can use the cheapest call that carries it.
+
+A relay that knows nothing of a schema must treat every call as a bidirectional stream,
+which costs several operations per call in grpc.aio. :class:`MethodKinds` asks, the first
+time a service is seen, the reflection service behind it for the service's descriptor,
+and from then on answers the kind of each of its methods. Until it knows (or if it cannot
+learn), it answers None and the relay keeps to the stream that fits every kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+log = logging.getLogger("grpctunnel")
+
+Kind = tuple[bool, bool]  # (requests stream, responses stream)
+UNARY: Kind = (False, False)
+
+REFLECTION_PATHS = (
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+async def reflect(
+    channel: grpc.aio.Channel, request: Any, *, timeout: float = 10.0, first: str | None = None
+) -> Any:
+    """Asks one reflection question; tries reflection v1, then v1alpha (or ``first``
+    first). Returns the response, or None if neither version answers."""
+    paths = list(REFLECTION_PATHS)
+    if first in paths:
+        paths.remove(first)
+        paths.insert(0, first)
+    for path in paths:
+        multicallable: Any = channel.unary_stream(
+            path,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call = multicallable(request, timeout=timeout)
+        try:
+            async for response in call:
+                call.cancel()
+                return response
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                return None
+    return None
+
+
+def kinds_from_files(files: Iterable[bytes], service: str) -> dict[str, Kind]:
+    """Method path -> kind for ``service``, from serialized FileDescriptorProtos."""
+    out: dict[str, Kind] = {}
+    for raw in files:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for svc in proto.service:
+            full = f"{proto.package}.{svc.name}" if proto.package else svc.name
+            if full != service:
+                continue
+            for method in svc.method:
+                out[f"/{full}/{method.name}"] = (method.client_streaming, method.server_streaming)
+    return out
+
+
+class MethodKinds:
+    """A cache of method kinds, filled in the background by reflection through the
+    channel that ``channel_for(service)`` gives (None: do not ask)."""
+
+    def __init__(
+        self, channel_for: Callable[[str], grpc.aio.Channel | None], *, retry_after: float = 30.0
+    ) -> None:
+        self._channel_for = channel_for
+        self._retry_after = retry_after
+        self._kinds: dict[str, Kind] = {}
+        self._known_services: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}
+
+    def get(self, method: str) -> Kind | None:
+        """The method's kind if known; otherwise starts learning it and says None."""
+        kind = self._kinds.get(method)
+        if kind is None:
+            self._learn_soon(method[1:].split("/", 1)[0])
+        return kind
+
+    async def learn(self, service: str) -> bool:
+        """Learns ``service``'s methods now (or waits for learning under way); whether
+        they are known afterwards."""
+        self._failed_at.pop(service, None)
+        self._learn_soon(service)
+        task = self._tasks.get(service)
+        if task is not None:
+            await asyncio.shield(task)
+        return service in self._known_services
+
+    def forget(self, service: str) -> None:
+        """Drops what is known of a service (its backend may have changed)."""
+        self._known_services.discard(service)
+        prefix = f"/{service}/"
+        for method in [m for m in self._kinds if m.startswith(prefix)]:
+            del self._kinds[method]
+
+    def _learn_soon(self, service: str) -> None:
+        if service in self._known_services or service in self._tasks:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        failed = self._failed_at.get(service)
+        if failed is not None and loop.time() - failed < self._retry_after:
+            return
+        channel = self._channel_for(service)
+        if channel is None:
+            return
+        task = loop.create_task(self._learn(service, channel))
+        self._tasks[service] = task
+        task.add_done_callback(lambda _: self._tasks.pop(service, None))
+
+    async def _learn(self, service: str, channel: grpc.aio.Channel) -> None:
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+        try:
+            response = await reflect(channel, request)
+        except Exception:  # the channel went away: try again later
+            response = None
+        kinds = {}
+        if response is not None and response.HasField("file_descriptor_response"):
+            kinds = kinds_from_files(
+                response.file_descriptor_response.file_descriptor_proto, service
+            )
+        if not kinds:
+            self._failed_at[service] = asyncio.get_running_loop().time()
+            log.debug("could not learn the methods of %s by reflection", service)
+            return
+        self._kinds.update(kinds)
+        self._known_services.add(service)
+
+
+__all__ = ["UNARY", "Kind", "MethodKinds", "kinds_from_files", "reflect"]
