@@ -8,7 +8,8 @@ given services), and a limit on tunnels. Tokens arrive as ``authorization: Beare
 
 :class:`AuthInterceptor` enforces the grants on a ``grpc.aio.Server``; the gateway
 enforces the per-service rights of calls made inside forward tunnels, where the token
-is the one the tunnel was opened with.
+is the one the tunnel was opened with; :func:`require_tokens` does the same for a plain
+``TunnelServiceHandler``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,9 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.options import TunnelServiceHandlerOptions
+
+log = logging.getLogger("grpctunnel")
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
@@ -33,6 +38,10 @@ OPEN_TUNNEL = f"/{TUNNEL_SERVICE}/OpenTunnel"
 OPEN_REVERSE_TUNNEL = f"/{TUNNEL_SERVICE}/OpenReverseTunnel"
 # reachable without a token, so load balancers can probe
 PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health"})
+# what a caller needs to find its methods: open to every token that may call at all
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+)
 
 
 class AuthConfigError(ValueError):
@@ -41,7 +50,12 @@ class AuthConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Grant:
-    """What one token may do. ``None`` for a set means "any"."""
+    """What one token may do. ``None`` for a set means "any".
+
+    ``name`` identifies the credential: the tunnel names it claims and its tunnel count
+    are kept under it. A token that may call may also use server reflection (callers
+    need it to find methods), whatever its ``call_services``.
+    """
 
     name: str = "token"
     may_expose: bool = True
@@ -91,7 +105,11 @@ class TokenAuthority:
                "max_tunnels": 4}
             ]}
 
-        ``call`` is true (any service), false, or a list of services.
+        ``call`` is true (any service), false, or a list of services; ``expose``
+        true or false, narrowed by ``expose_names`` / ``expose_services`` when given;
+        ``max_tunnels`` bounds the tunnels (forward and reverse) open at once under
+        the credential. Entries that share a ``name`` are one credential (two tokens
+        during a rotation, say): they share tunnel names and the tunnel limit.
         """
         text = Path(path).read_text(encoding="utf-8").strip()
         if not text:
@@ -198,45 +216,100 @@ def service_of(method: str) -> str:
     return method[1:].split("/", 1)[0]
 
 
+def decide(
+    authority: TokenAuthority, method: str, pairs: Iterable[tuple[str, Any]] | None
+) -> tuple[Grant | None, tuple[grpc.StatusCode, str] | None]:
+    """The grant of the token in ``pairs`` (None if there is no valid one), and why a
+    call of ``method`` with it is refused (None if it is not)."""
+    service = service_of(method)
+    grant = authority.authenticate(pairs)
+    if service in PUBLIC_SERVICES:
+        return grant, None
+    if grant is None:
+        if bearer_token(pairs) is None:
+            return None, (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing credentials: send 'authorization: Bearer <token>'",
+            )
+        return None, (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    if method == OPEN_REVERSE_TUNNEL:
+        if not grant.may_expose:
+            return grant, (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {grant.name!r} may not expose services",
+            )
+        return grant, None
+    if not grant.may_call:  # neither a forward tunnel nor any call
+        return grant, (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"credential {grant.name!r} may not make calls",
+        )
+    if method == OPEN_TUNNEL or service in REFLECTION_SERVICES:
+        return grant, None
+    if not grant.may_call_service(service):
+        return grant, (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"credential {grant.name!r} may not call {service}",
+        )
+    return grant, None
+
+
 def check(
     authority: TokenAuthority, method: str, pairs: Iterable[tuple[str, Any]] | None
 ) -> tuple[grpc.StatusCode, str] | None:
     """Why a call of ``method`` with metadata ``pairs`` is refused, or None."""
-    service = service_of(method)
-    if service in PUBLIC_SERVICES:
-        return None
-    grant = authority.authenticate(pairs)
-    if grant is None:
-        if bearer_token(pairs) is None:
-            return (
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing credentials: send 'authorization: Bearer <token>'",
-            )
-        return grpc.StatusCode.UNAUTHENTICATED, "invalid token"
-    if method == OPEN_REVERSE_TUNNEL:
-        if not grant.may_expose:
-            return (
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"credential {grant.name!r} may not expose services",
-            )
-        return None
-    if method == OPEN_TUNNEL:
-        if not grant.may_call:
-            return (
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"credential {grant.name!r} may not make calls",
-            )
-        return None
-    if not grant.may_call_service(service):
-        return (
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"credential {grant.name!r} may not call {service}",
-        )
-    return None
+    return decide(authority, method, pairs)[1]
+
+
+def require_tokens(
+    options: TunnelServiceHandlerOptions, authority: TokenAuthority
+) -> TunnelServiceHandlerOptions:
+    """Makes a plain :class:`~grpctunnel.TunnelServiceHandler` with ``options`` check
+    tokens: a tunnel opens only with a token that may open it (expose for reverse
+    tunnels, call for forward ones), and each call inside a forward tunnel only if the
+    tunnel's token may call that service. Hooks already set run first. Returns
+    ``options``. With the services of your own server, add :class:`AuthInterceptor` too::
+
+        options = require_tokens(TunnelServiceHandlerOptions(), authority)
+        handler = TunnelServiceHandler(options)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(authority)])
+
+    (:class:`~grpctunnel.gateway.Gateway` does this and more: names, limits.)
+    """
+    earlier_accept, earlier_authorize = options.accept_tunnel, options.authorize_call
+
+    def accept_tunnel(
+        kind: str, metadata: md.MetadataPairs, peer: str
+    ) -> tuple[grpc.StatusCode, str] | None:
+        if earlier_accept is not None:
+            refusal = earlier_accept(kind, metadata, peer)
+            if refusal is not None:
+                return refusal
+        return check(authority, OPEN_REVERSE_TUNNEL if kind == "reverse" else OPEN_TUNNEL, metadata)
+
+    def authorize_call(
+        metadata: md.MetadataPairs, method: str
+    ) -> tuple[grpc.StatusCode, str] | None:
+        if earlier_authorize is not None:
+            refusal = earlier_authorize(metadata, method)
+            if refusal is not None:
+                return refusal
+        return check(authority, method, metadata)
+
+    options.accept_tunnel = accept_tunnel
+    options.authorize_call = authorize_call
+    return options
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg]
-    """Refuses calls to a ``grpc.aio.Server`` whose bearer token does not grant them."""
+    """Refuses calls to a ``grpc.aio.Server`` whose bearer token does not grant them.
+
+    Pass it when creating the server: ``grpc.aio.server(interceptors=[AuthInterceptor(
+    authority)])``. It sees only the RPCs on the server itself; calls made inside a
+    forward tunnel are checked by the handler's ``authorize_call`` hook against the
+    token the tunnel was opened with (:class:`~grpctunnel.gateway.Gateway` wires that
+    up, and checks tunnel names, services and limits as tunnels open).
+    """
 
     def __init__(self, authority: TokenAuthority) -> None:
         self._authority = authority
@@ -248,12 +321,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        refusal = check(
-            self._authority, handler_call_details.method, handler_call_details.invocation_metadata
-        )
+        method = handler_call_details.method
+        refusal = check(self._authority, method, handler_call_details.invocation_metadata)
         if refusal is None:
             return await continuation(handler_call_details)
         code, details = refusal
+        # refused tunnels are worth an operator's attention; refused calls only in debug
+        level = logging.INFO if method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL) else logging.DEBUG
+        log.log(level, "refused %s: %s: %s", method, code.name, details)
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(code, details)
@@ -262,6 +337,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg
 
 
 __all__ = [
+    "PUBLIC_SERVICES",
+    "REFLECTION_SERVICES",
     "AuthConfigError",
     "AuthInterceptor",
     "Grant",
@@ -269,4 +346,6 @@ __all__ = [
     "bearer_metadata",
     "bearer_token",
     "check",
+    "decide",
+    "require_tokens",
 ]

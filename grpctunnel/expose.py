@@ -5,6 +5,15 @@ the backend's services (found by reflection on the backend, or given), and relay
 call the server sends down them to the backend as raw bytes. It keeps the tunnels up:
 when one is lost it is reopened after a jittered, capped exponential backoff; when the
 backend is down, callers get UNAVAILABLE naming it and the tunnels stay up.
+
+Its connection to the server pings (``keepalive_interval`` / ``keepalive_timeout``), so a
+server that vanished without a word (a frozen host, a pulled cable) is noticed and
+redialled. ``metadata`` goes with every tunnel as it opens: the place for a token
+(``grpctunnel.auth.bearer_metadata``); ``server_credentials`` makes the connection TLS.
+Each exposer announces an instance id of its own, so that a restarted one takes over its
+name at once from the stale tunnels of the one before (see ``grpctunnel.gateway``); an
+exposer whose tunnels were taken over that way stops with :class:`ExposeError` rather
+than fight the newer one for its name.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +29,9 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
-from grpctunnel.gateway import GATEWAY_ANSWERS, announce_metadata
+from grpctunnel.gateway import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
 from grpctunnel.options import TunnelClientOptions
 from grpctunnel.proxy import ProxyHandler, Route
 from grpctunnel.v1 import tunnel_pb2_grpc
@@ -74,6 +85,15 @@ class ExposeStats:
 
 @dataclass
 class ExposeConfig:
+    """What to expose, where, and how.
+
+    ``metadata`` is sent with every tunnel as it opens (a bearer token, say);
+    ``server_credentials`` / ``backend_credentials`` make those connections TLS;
+    ``channel_options`` apply to both. The server connection also gets keepalive
+    options (``keepalive_interval`` None turns them off). ``instance`` identifies this
+    exposer to the server (one per process unless given).
+    """
+
     backend: str
     server: str
     name: str
@@ -86,6 +106,17 @@ class ExposeConfig:
     server_credentials: grpc.ChannelCredentials | None = None
     backend_credentials: grpc.ChannelCredentials | None = None
     channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+    keepalive_interval: float | None = keepalive.DEFAULT_INTERVAL
+    keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def server_channel_options(self) -> list[tuple[str, Any]]:
+        options = list(self.channel_options)
+        if self.keepalive_interval is not None:
+            options.extend(
+                keepalive.channel_options(self.keepalive_interval, self.keepalive_timeout)
+            )
+        return options
 
 
 def _channel(
@@ -225,10 +256,13 @@ class Exposer:
                 if services:
                     self.services = services
                     server_channel = _channel(
-                        config.server, config.server_credentials, config.channel_options
+                        config.server, config.server_credentials, config.server_channel_options()
+                    )
+                    announce = announce_metadata(
+                        config.name, services, instance=config.instance, slot=index
                     )
                     options = TunnelClientOptions(
-                        metadata=(*announce_metadata(config.name, services), *config.metadata),
+                        metadata=(*announce, *config.metadata),
                         max_receive_message_length=None,
                     )
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
@@ -244,12 +278,26 @@ class Exposer:
                         else "server closed the tunnel"
                     )
                     self._down(f"tunnel {index + 1} lost: {reason}")
+                    if TAKEN_OVER in reason:
+                        raise ExposeError(
+                            f"tunnel name {config.name!r} was taken over by another instance "
+                            "using the same credential (a newer `expose` of the same name); "
+                            "this one stops"
+                        )
             except grpc.aio.AioRpcError as e:
                 if e.code() in FATAL_CODES and not self._connected_once:
                     raise ExposeError(
                         f"server {config.server} refused the tunnel: {e.code().name}: {e.details()}"
                     ) from None
-                self._failed(f"cannot reach server {config.server}: {e.code().name}: {e.details()}")
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self._failed(
+                        f"cannot reach server {config.server}: {e.code().name}: {e.details()}"
+                    )
+                else:
+                    self._failed(
+                        f"server {config.server} refused tunnel {index + 1}: "
+                        f"{e.code().name}: {e.details()}"
+                    )
             finally:
                 if tunnel is not None:
                     await tunnel.close()

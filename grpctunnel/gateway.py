@@ -10,6 +10,33 @@ such tunnel, or pinned to one tunnel by name with the :data:`PIN_HEADER` request
 The gateway also answers server reflection (v1 and v1alpha) for its own services and
 every exposed backend's, so reflection clients see all that is reachable through it,
 and serves the standard health service.
+
+Locking it down (the ``grpctunnel serve`` command does all of this)::
+
+    authority = TokenAuthority.from_file("tokens.json")       # grpctunnel.auth
+    gateway = Gateway(authority=authority)
+    server = grpc.aio.server(
+        interceptors=gateway.interceptors(),                    # your own services too
+        options=keepalive.server_options(),                     # dead peers are found
+    )
+    gateway.attach(server)
+    server.add_secure_port(address, grpc.ssl_server_credentials(...))
+
+With an authority, every tunnel and call needs a token (``authorization: Bearer ...``)
+whose :class:`~grpctunnel.auth.Grant` allows it: opening a reverse tunnel needs the
+right to expose, under its announced name and services; opening a forward tunnel, or
+calling directly, needs the right to call, and each call made inside a forward tunnel
+is checked against the token the tunnel was opened with (the handler's
+``authorize_call`` hook). A credential may hold at most ``Grant.max_tunnels`` tunnels.
+A tunnel name belongs to the credential whose tunnels hold it; another credential
+announcing it is refused with PERMISSION_DENIED.
+
+Exposers send a per-process :data:`INSTANCE_HEADER` (and :data:`SLOT_HEADER`, which of
+its tunnels this is). A reverse tunnel of a new instance under the same credential and
+name takes over at once: the old instance's tunnels under that name are closed with
+ABORTED ("taken over ..."), so a restarted exposer never waits for its stale session to
+time out. A reconnection of the same instance replaces only its own tunnel of that
+slot, so the tunnels of one ``expose --tunnels N`` coexist.
 """
 
 from __future__ import annotations
@@ -25,7 +52,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel import metadata as md
-from grpctunnel.handler import ReverseTunnel, TunnelServiceHandler
+from grpctunnel.auth import (
+    OPEN_REVERSE_TUNNEL,
+    OPEN_TUNNEL,
+    AuthInterceptor,
+    Grant,
+    TokenAuthority,
+    decide,
+)
+from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
 from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.proxy import CallObserver, ProxyHandler, Route, RouteError
 from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
@@ -35,6 +70,12 @@ log = logging.getLogger("grpctunnel")
 NAME_HEADER = "grpctunnel-name"
 SERVICES_HEADER = "grpctunnel-services"
 PIN_HEADER = "grpctunnel-tunnel"
+INSTANCE_HEADER = "grpctunnel-instance"
+SLOT_HEADER = "grpctunnel-slot"
+# in the status of a tunnel closed because a newer instance of its exposer took over
+TAKEN_OVER = "taken over by a newer instance"
+
+Refusal = tuple[grpc.StatusCode, str]
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -50,15 +91,37 @@ def tunnel_name(tunnel: ReverseTunnel) -> str:
 
 
 def tunnel_services(tunnel: ReverseTunnel) -> tuple[str, ...]:
-    value = tunnel.metadata_value(SERVICES_HEADER)
+    return announced_services(tunnel.metadata)
+
+
+def announced_name(metadata: md.MetadataPairs) -> str:
+    """The tunnel name in tunnel open metadata ("" when none is announced)."""
+    value = md.first_value(metadata, NAME_HEADER)
+    return value if isinstance(value, str) else ""
+
+
+def announced_services(metadata: md.MetadataPairs) -> tuple[str, ...]:
+    """The services announced in tunnel open metadata."""
+    value = md.first_value(metadata, SERVICES_HEADER)
     if not isinstance(value, str):
         return ()
     return tuple(s for s in (part.strip() for part in value.split(",")) if s)
 
 
-def announce_metadata(name: str, services: Iterable[str]) -> md.MetadataPairs:
-    """The tunnel open metadata an exposer sends."""
-    return ((NAME_HEADER, name), (SERVICES_HEADER, ",".join(services)))
+def announce_metadata(
+    name: str, services: Iterable[str], *, instance: str | None = None, slot: int | None = None
+) -> md.MetadataPairs:
+    """The tunnel open metadata an exposer sends: its name and services, and which
+    process (``instance``) and which of its tunnels (``slot``) this is."""
+    pairs: list[tuple[str, str | bytes]] = [
+        (NAME_HEADER, name),
+        (SERVICES_HEADER, ",".join(services)),
+    ]
+    if instance:
+        pairs.append((INSTANCE_HEADER, instance))
+        if slot is not None:
+            pairs.append((SLOT_HEADER, str(slot)))
+    return tuple(pairs)
 
 
 class Gateway:
@@ -67,22 +130,33 @@ class Gateway:
     Attach it to a grpc.aio server with :meth:`attach`; it adds the tunnel service, the
     relaying handler, reflection and health there, and the same relaying, reflection
     and health to calls arriving through forward tunnels.
+
+    With ``authority``, tunnels and calls need a token that grants them (see the module
+    documentation); the gateway enforces this on everything it attaches, and
+    :meth:`interceptors` gives the interceptor that extends it to any other service on
+    the same server. ``accept_tunnel`` / ``authorize_call`` hooks already in
+    ``options`` still run, before the gateway's own checks.
     """
 
     def __init__(
         self,
         options: TunnelServiceHandlerOptions | None = None,
         *,
+        authority: TokenAuthority | None = None,
         observer: CallObserver | None = None,
         on_tunnel_open: Callable[[ReverseTunnel], Any] | None = None,
         on_tunnel_close: Callable[[ReverseTunnel], Any] | None = None,
     ) -> None:
         options = options or TunnelServiceHandlerOptions()
+        self.authority = authority
         self._on_open = on_tunnel_open
         self._on_close = on_tunnel_close
         options.on_reverse_tunnel_open = self._opened
         options.on_reverse_tunnel_close = self._closed
         options.affinity_key = tunnel_name
+        options.accept_tunnel = _first_refusal(options.accept_tunnel, self._accept_tunnel)
+        if authority is not None:
+            options.authorize_call = _first_refusal(options.authorize_call, self._authorize_call)
         self.handler = TunnelServiceHandler(options)
         self.proxy = ProxyHandler(
             self._route, observer=observer, drop_headers=frozenset({PIN_HEADER})
@@ -97,11 +171,82 @@ class Gateway:
     def attach(self, server: grpc.aio.Server) -> None:
         """Serves the tunnel service, the gateway and reflection/health on ``server``."""
         tunnel_pb2_grpc.add_TunnelServiceServicer_to_server(self.handler.service(), server)  # type: ignore[no-untyped-call]
-        self._register(server)
+        self._register(server, direct=True)
 
-    def _register(self, target: Any) -> None:
+    def interceptors(self) -> list[AuthInterceptor]:
+        """Interceptors for ``grpc.aio.server(interceptors=...)``: with an authority,
+        the one that checks the token of every call on the server, including services
+        other than the gateway's; without, none."""
+        if self.authority is None:
+            return []
+        return [AuthInterceptor(self.authority)]
+
+    def _register(self, target: Any, direct: bool = False) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
-        target.add_generic_rpc_handlers((self._reflection.generic_handler(), self.proxy))
+        handlers: tuple[Any, ...] = (self._reflection.generic_handler(), self.proxy)
+        if direct and self.authority is not None:
+            # calls straight to the server carry their own token; those inside a forward
+            # tunnel are checked by authorize_call against the tunnel's
+            handlers = tuple(_Guarded(self.authority, h) for h in handlers)
+        target.add_generic_rpc_handlers(handlers)
+
+    # -- who may do what ----------------------------------------------------------------
+
+    def _authorize_call(self, tunnel_metadata: md.MetadataPairs, method: str) -> Refusal | None:
+        assert self.authority is not None
+        return decide(self.authority, method, tunnel_metadata)[1]
+
+    def _owner(self, record: TunnelRecord) -> str | None:
+        """The credential a tunnel was opened with (None without an authority)."""
+        if "owner" not in record.labels:
+            grant = (
+                self.authority.authenticate(record.metadata) if self.authority is not None else None
+            )
+            record.labels["owner"] = grant.name if grant is not None else None
+        owner: str | None = record.labels["owner"]
+        return owner
+
+    def _accept_tunnel(self, kind: str, metadata: md.MetadataPairs, peer: str) -> Refusal | None:
+        grant: Grant | None = None
+        if self.authority is not None:
+            method = OPEN_REVERSE_TUNNEL if kind == "reverse" else OPEN_TUNNEL
+            grant, refusal = decide(self.authority, method, metadata)
+            if refusal is not None:
+                return refusal
+        owner = grant.name if grant is not None else None
+        open_now = self.handler.open_tunnels()
+        replaced: list[tuple[TunnelRecord, grpc.StatusCode, str]] = []
+        if kind == "reverse":
+            name = announced_name(metadata)
+            if grant is not None:
+                why = grant.may_expose_as(name, announced_services(metadata))
+                if why is not None:
+                    return grpc.StatusCode.PERMISSION_DENIED, why
+            if name:
+                same_name = [
+                    r
+                    for r in open_now
+                    if r.kind == "reverse" and announced_name(r.metadata) == name
+                ]
+                if any(self._owner(r) != owner for r in same_name):
+                    return (
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"tunnel name {name!r} belongs to another credential",
+                    )
+                replaced = _replaced_by(metadata, name, same_name)
+        if grant is not None and grant.max_tunnels is not None:
+            going = {id(r) for r, _, _ in replaced}
+            held = sum(1 for r in open_now if id(r) not in going and self._owner(r) == owner)
+            if held >= grant.max_tunnels:
+                return (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"credential {owner!r} already has {held} tunnels open "
+                    f"(its limit is {grant.max_tunnels})",
+                )
+        for record, code, reason in replaced:
+            log.info("closing a tunnel from %s: %s (new one from %s)", record.peer, reason, peer)
+            record.close(reason, code)
+        return None
 
     def own_services(self) -> list[str]:
         return [TUNNEL_SERVICE, HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]
@@ -123,11 +268,16 @@ class Gateway:
         return out
 
     def _opened(self, tunnel: ReverseTunnel) -> None:
+        credential = ""
+        if self.authority is not None:
+            grant = self.authority.authenticate(tunnel.metadata)
+            credential = f" (credential {grant.name!r})" if grant is not None else ""
         log.info(
-            "tunnel opened: %s from %s exposing %s",
+            "tunnel opened: %s from %s exposing %s%s",
             tunnel_name(tunnel),
             tunnel.peer,
             ", ".join(tunnel_services(tunnel)) or "no services",
+            credential,
         )
         if self._on_open is not None:
             self._on_open(tunnel)
@@ -188,6 +338,85 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.proxy.wait_idle(grace)
         await self.handler.close()
+
+
+def _replaced_by(
+    metadata: md.MetadataPairs, name: str, same_name: list[TunnelRecord]
+) -> list[tuple[TunnelRecord, grpc.StatusCode, str]]:
+    """The tunnels (of the same credential, under ``name``) that a new tunnel opened
+    with ``metadata`` replaces, with the status each is closed with: every tunnel of
+    another instance of the exposer, and the one of the same instance and slot (the
+    stale side of a reconnection). Tunnels announcing no instance are left alone."""
+    instance = md.first_value(metadata, INSTANCE_HEADER)
+    if not isinstance(instance, str) or not instance:
+        return []
+    slot = md.first_value(metadata, SLOT_HEADER)
+    out: list[tuple[TunnelRecord, grpc.StatusCode, str]] = []
+    for record in same_name:
+        theirs = record.metadata_value(INSTANCE_HEADER)
+        if not isinstance(theirs, str) or not theirs:
+            continue
+        if theirs != instance:
+            out.append(
+                (
+                    record,
+                    grpc.StatusCode.ABORTED,
+                    f"tunnel name {name!r} {TAKEN_OVER} of the same credential",
+                )
+            )
+        elif slot is not None and record.metadata_value(SLOT_HEADER) == slot:
+            out.append(
+                (
+                    record,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"tunnel {name!r} replaced by a reconnection of the same exposer",
+                )
+            )
+    return out
+
+
+def _first_refusal(
+    *checks: Callable[[Any, Any, Any], Refusal | None]
+    | Callable[[Any, Any], Refusal | None]
+    | None,
+) -> Any:
+    """A hook that runs ``checks`` in turn and returns the first refusal."""
+    present = [c for c in checks if c is not None]
+    if len(present) == 1:
+        return present[0]
+
+    def combined(*args: Any) -> Refusal | None:
+        for check_ in present:
+            refusal = check_(*args)
+            if refusal is not None:
+                return refusal
+        return None
+
+    return combined
+
+
+class _Guarded(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
+    """A generic handler whose calls are refused unless their token grants them."""
+
+    def __init__(self, authority: TokenAuthority, inner: Any) -> None:
+        self._authority = authority
+        self._inner = inner
+
+    def service(self, handler_call_details: Any) -> Any:
+        found = self._inner.service(handler_call_details)
+        if found is None:
+            return None
+        _, refusal = decide(
+            self._authority, handler_call_details.method, handler_call_details.invocation_metadata
+        )
+        if refusal is None:
+            return found
+        code, details = refusal
+
+        async def refuse(requests: Any, context: Any) -> None:
+            await context.abort(code, details)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class _MergedReflection:
@@ -362,11 +591,16 @@ async def _reflect(channel: grpc.aio.Channel, request: Any, path: str) -> Any:
 
 
 __all__ = [
+    "INSTANCE_HEADER",
     "NAME_HEADER",
     "PIN_HEADER",
     "SERVICES_HEADER",
+    "SLOT_HEADER",
+    "TAKEN_OVER",
     "Gateway",
     "announce_metadata",
+    "announced_name",
+    "announced_services",
     "tunnel_name",
     "tunnel_services",
 ]

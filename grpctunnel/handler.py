@@ -6,6 +6,13 @@ arrive through the tunnel with the services registered on it (it accepts what
 ``OpenReverseTunnel`` it keeps the tunnel in a pool so that the server can call the
 services the dialling client hosts: ``as_channel()`` balances calls over every live
 reverse tunnel, ``key_as_channel(key)`` over those with one affinity key.
+
+Who may open tunnels is decided as each one opens, by the ``accept_tunnel`` hook of
+:class:`~grpctunnel.TunnelServiceHandlerOptions`, and which calls may be made inside a
+forward tunnel by its ``authorize_call`` hook; :meth:`TunnelServiceHandler.open_tunnels`
+lists every accepted tunnel (with the metadata it was opened with) so such a hook can
+count tunnels or close one, and :class:`~grpctunnel.gateway.Gateway` wires both hooks to
+a :class:`~grpctunnel.auth.TokenAuthority`.
 """
 
 from __future__ import annotations
@@ -66,6 +73,41 @@ class ReverseTunnel:
 
     def __repr__(self) -> str:
         return f"<ReverseTunnel #{self.id} from {self.peer} key={self.key!r}>"
+
+
+class TunnelRecord:
+    """One tunnel RPC the handler accepted, from the moment ``accept_tunnel`` let it in
+    until it ends: what admission hooks see of the tunnels already open.
+
+    ``kind`` is "forward" or "reverse"; ``metadata`` what the tunnel was opened with;
+    ``labels`` is free for hooks to remember things about the tunnel (who opened it).
+    """
+
+    def __init__(self, kind: str, metadata: md.MetadataPairs, peer: str) -> None:
+        self.kind = kind
+        self.metadata = metadata
+        self.peer = peer
+        self.labels: dict[str, Any] = {}
+        self.session: Session[Any] | None = None
+        self.pending_close: tuple[grpc.StatusCode, str] | None = None
+
+    @property
+    def closing(self) -> bool:
+        """Asked to close, or closed."""
+        return self.pending_close is not None or (self.session is not None and self.session.closed)
+
+    def metadata_value(self, key: str) -> str | bytes | None:
+        return md.first_value(self.metadata, key)
+
+    def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        """Ends the tunnel: its RPC ends with ``code`` and ``reason``, its calls fail."""
+        if self.pending_close is None:
+            self.pending_close = (code, reason)
+        if self.session is not None:
+            self.session.close(reason, code)
+
+    def __repr__(self) -> str:
+        return f"<TunnelRecord {self.kind} from {self.peer}>"
 
 
 class _SingleSession:
@@ -190,6 +232,7 @@ class TunnelServiceHandler:
         self._reverse: list[ReverseTunnel] = []
         self._reverse_changed = _Changed()
         self._servicer = _TunnelServicer(self)
+        self._records: set[TunnelRecord] = set()
         self._closing = False
 
     # -- registering services (the grpc.aio.Server surface) -------------------------
@@ -251,6 +294,11 @@ class TunnelServiceHandler:
                 return tunnels[-1]
             await self._reverse_changed.wait()
 
+    def open_tunnels(self) -> list[TunnelRecord]:
+        """Every tunnel accepted and not yet ended, forward and reverse, including
+        reverse tunnels still negotiating (not yet in :meth:`all_reverse_tunnels`)."""
+        return [r for r in self._records if not r.closing]
+
     @property
     def forward_tunnels(self) -> int:
         """How many forward tunnels are open (a closed one is not counted, even while
@@ -263,6 +311,8 @@ class TunnelServiceHandler:
         sessions: list[Session[Any]] = [*self._forward, *(t.session for t in self._reverse)]
         for session in sessions:
             session.close("tunnel server shutting down")
+        for record in list(self._records):  # and those still opening
+            record.close("tunnel server shutting down")
 
     # -- the RPCs ---------------------------------------------------------------------
 
@@ -277,26 +327,60 @@ class TunnelServiceHandler:
             context.peer(),
         )
 
-    async def _check_accept(
+    async def _admit(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         kind: str,
         invocation: md.MetadataPairs,
         peer: str,
-    ) -> None:
+    ) -> TunnelRecord:
+        """Asks ``accept_tunnel``; a refused tunnel ends with its status here. An
+        accepted one is recorded at once (no await in between), so that the hook of
+        the next tunnel to open sees it."""
         accept = self.options.accept_tunnel
-        if accept is None:
-            return
-        refusal = accept(kind, invocation, peer)
-        if refusal is not None:
-            await context.abort(*refusal)
+        if accept is not None:
+            refusal = accept(kind, invocation, peer)
+            if refusal is not None:
+                code, details = refusal
+                log.info("refused %s tunnel from %s: %s: %s", kind, peer, code.name, details)
+                await context.abort(code, details)
+        record = TunnelRecord(kind, invocation, peer)
+        self._records.add(record)
+        return record
+
+    async def _start_session(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        record: TunnelRecord,
+        session: Session[Any],
+    ) -> None:
+        """Ties the session to its record; one closed while it opened ends at once."""
+        record.session = session
+        if record.pending_close is not None:
+            code, reason = record.pending_close
+            session.close(reason, code)
+            await context.abort(code, reason)
 
     async def _serve_forward(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
         invocation, negotiated, extended, peer = self._open_session_params(context)
+        record = await self._admit(context, "forward", invocation, peer)
+        try:
+            await self._run_forward(context, record, invocation, negotiated, extended, peer)
+        finally:
+            self._records.discard(record)
+
+    async def _run_forward(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        record: TunnelRecord,
+        invocation: md.MetadataPairs,
+        negotiated: bool,
+        extended: bool,
+        peer: str,
+    ) -> None:
         opts = self.options
-        await self._check_accept(context, "forward", invocation, peer)
         await context.send_initial_metadata(md.tunnel_open_headers())
         conn = ServingConnection(
             negotiated=negotiated, **opts.connection_params(extended_peer=extended)
@@ -313,6 +397,7 @@ class TunnelServiceHandler:
             max_send_message_length=opts.max_send_message_length,
             authorize_call=opts.authorize_call,
         )
+        await self._start_session(context, record, session)
         session.flush()
         self._forward.add(session)
         try:
@@ -331,7 +416,22 @@ class TunnelServiceHandler:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
         invocation, negotiated, extended, peer = self._open_session_params(context)
-        await self._check_accept(context, "reverse", invocation, peer)
+        record = await self._admit(context, "reverse", invocation, peer)
+        try:
+            await self._run_reverse(context, record, invocation, negotiated, extended, peer)
+        finally:
+            self._records.discard(record)
+
+    async def _run_reverse(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        record: TunnelRecord,
+        invocation: md.MetadataPairs,
+        negotiated: bool,
+        extended: bool,
+        peer: str,
+    ) -> None:
+        opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
         conn = CallingConnection(
             negotiated=negotiated, **opts.connection_params(extended_peer=extended)
@@ -345,6 +445,7 @@ class TunnelServiceHandler:
             batch_frames=md.peer_batches(invocation),
             max_send_message_length=opts.max_send_message_length,
         )
+        await self._start_session(context, record, session)
         tunnel = ReverseTunnel(session)
         run = asyncio.ensure_future(session.run())
         ready = asyncio.ensure_future(session.wait_ready())
@@ -409,4 +510,4 @@ async def _abort_tunnel(context: grpc.aio.ServicerContext[Any, Any], error: Tunn
     await context.abort(error.code, error.details)
 
 
-__all__ = ["ReverseTunnel", "Session", "TunnelServiceHandler"]
+__all__ = ["ReverseTunnel", "Session", "TunnelRecord", "TunnelServiceHandler"]

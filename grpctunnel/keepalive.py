@@ -7,6 +7,11 @@ through its server options, and each end gives up on the connection when a ping 
 unanswered for ``timeout`` seconds, which fails every call on the tunnel with
 UNAVAILABLE. The server accepts pings as often as its own clients send them, so clients
 are never told "too many pings".
+
+grpc core waits for the answer to any ping for ``grpc.http2.ping_timeout_ms`` (a minute
+by default), and a keepalive ping that finds another ping in flight waits on that one, so
+``grpc.keepalive_timeout_ms`` alone does not bound how long a frozen peer goes unnoticed.
+Both options are set here to the same timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def channel_options(
     return [
         ("grpc.keepalive_time_ms", int(interval * 1000)),
         ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
@@ -39,6 +45,7 @@ def server_options(
     return [
         ("grpc.keepalive_time_ms", int(interval * 1000)),
         ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", min_client_interval_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", min_client_interval_ms),

@@ -6,8 +6,11 @@ invoke.py and leaves every byte of output to render.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
+import grpc
 import typer
 
 from grpctunnel_cli.command import (
@@ -23,6 +26,7 @@ from grpctunnel_cli.command import (
     run,
 )
 from grpctunnel_cli.connect import connected_channel
+from grpctunnel_cli.errors import StatusError
 from grpctunnel_cli.invoke import (
     CallStatus,
     invoke,
@@ -33,6 +37,16 @@ from grpctunnel_cli.invoke import (
 from grpctunnel_cli.metadata import parse_headers
 from grpctunnel_cli.reflection import DescriptorSource
 from grpctunnel_cli.render import Renderer
+from grpctunnel_cli.security import (
+    CaCertOption,
+    CertOption,
+    ClientSecurity,
+    KeyOption,
+    TlsOption,
+    TokenFileOption,
+    TokenOption,
+    client_security,
+)
 
 __all__ = ["call", "describe", "list_services"]
 
@@ -67,6 +81,12 @@ def call(
         typer.Option("--proto-names", help="Use proto field names (snake_case) in output."),
     ] = False,
     verbose: VerboseOption = False,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    tls: TlsOption = False,
+    ca_cert: CaCertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Call a method, with JSON request data, and print each response as JSON."""
     check_timeout(timeout, "--timeout")
@@ -74,8 +94,11 @@ def call(
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
 
     async def body() -> int:
-        metadata = parse_headers(header or ())
-        async with connected_channel(server, connect_timeout=connect_timeout) as channel:
+        security = client_security(
+            token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
+        )
+        metadata = (*parse_headers(header or ()), *security.metadata())
+        async with _connected(server, connect_timeout, security) as channel:
             source = DescriptorSource(
                 channel, metadata=metadata, timeout=timeout or DEFAULT_REFLECTION_TIMEOUT
             )
@@ -90,6 +113,8 @@ def call(
                 renderer.event(event)
                 if isinstance(event, CallStatus):
                     code = status_exit_code(event.code)
+                    if event.code is grpc.StatusCode.UNAUTHENTICATED:
+                        renderer.info(f"  hint: {security.token_hint()}")
             return code
 
     run(body, renderer)
@@ -108,6 +133,12 @@ def list_services(
     header: HeaderOption = None,
     timeout: TimeoutOption = None,
     connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    tls: TlsOption = False,
+    ca_cert: CaCertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
 ) -> None:
     """List the services the server offers, or the methods of one service."""
     check_timeout(timeout, "--timeout")
@@ -115,8 +146,11 @@ def list_services(
     renderer = Renderer()
 
     async def body() -> int:
-        metadata = parse_headers(header or ())
-        async with connected_channel(server, connect_timeout=connect_timeout) as channel:
+        security = client_security(
+            token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
+        )
+        metadata = (*parse_headers(header or ()), *security.metadata())
+        async with _connected(server, connect_timeout, security) as channel:
             source = DescriptorSource(
                 channel, metadata=metadata, timeout=timeout or DEFAULT_REFLECTION_TIMEOUT
             )
@@ -143,6 +177,12 @@ def describe(
     header: HeaderOption = None,
     timeout: TimeoutOption = None,
     connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    tls: TlsOption = False,
+    ca_cert: CaCertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Show the definition of a service, method, message or enum, as proto source."""
     check_timeout(timeout, "--timeout")
@@ -150,8 +190,11 @@ def describe(
     renderer = Renderer()
 
     async def body() -> int:
-        metadata = parse_headers(header or ())
-        async with connected_channel(server, connect_timeout=connect_timeout) as channel:
+        security = client_security(
+            token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
+        )
+        metadata = (*parse_headers(header or ()), *security.metadata())
+        async with _connected(server, connect_timeout, security) as channel:
             source = DescriptorSource(
                 channel, metadata=metadata, timeout=timeout or DEFAULT_REFLECTION_TIMEOUT
             )
@@ -163,3 +206,19 @@ def describe(
         return 0
 
     run(body, renderer)
+
+
+@asynccontextmanager
+async def _connected(
+    server: str, connect_timeout: float, security: ClientSecurity
+) -> AsyncIterator[grpc.aio.Channel]:
+    """The connected channel; a refusal for want of credentials gets a hint."""
+    try:
+        async with connected_channel(
+            server, connect_timeout=connect_timeout, security=security
+        ) as channel:
+            yield channel
+    except StatusError as error:
+        if error.code is grpc.StatusCode.UNAUTHENTICATED and not error.hint:
+            error.hint = security.token_hint()
+        raise

@@ -12,10 +12,22 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from grpctunnel import keepalive
 from grpctunnel_cli.command import ConnectTimeoutOption, VerboseOption, run
-from grpctunnel_cli.errors import CliError
+from grpctunnel_cli.connect import open_channel, wait_until_ready
+from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError
 from grpctunnel_cli.logs import setup_logging
 from grpctunnel_cli.render import Renderer
+from grpctunnel_cli.security import (
+    CaCertOption,
+    CertOption,
+    ClientSecurity,
+    KeyOption,
+    TlsOption,
+    TokenFileOption,
+    TokenOption,
+    client_security,
+)
 
 __all__ = ["expose"]
 
@@ -51,6 +63,28 @@ def expose(
         ),
     ] = 10.0,
     connect_timeout: ConnectTimeoutOption = 10.0,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    tls: TlsOption = False,
+    ca_cert: CaCertOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    keepalive_interval: Annotated[
+        float,
+        typer.Option(
+            "--keepalive-interval",
+            min=0.1,
+            help="Seconds between keepalive pings to the server.",
+        ),
+    ] = keepalive.DEFAULT_INTERVAL,
+    keepalive_timeout: Annotated[
+        float,
+        typer.Option(
+            "--keepalive-timeout",
+            min=0.1,
+            help="Seconds without a ping answer before the connection is given up and redialled.",
+        ),
+    ] = keepalive.DEFAULT_TIMEOUT,
     verbose: VerboseOption = False,
 ) -> None:
     """Expose BACKEND through reverse tunnels to the server given with --to, and keep
@@ -61,6 +95,10 @@ def expose(
     async def body() -> int:
         from grpctunnel.expose import ExposeConfig, ExposeError, Exposer, ExposeStats
 
+        security = client_security(
+            token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
+        )
+        await _check_tls(to, security, connect_timeout)
         config = ExposeConfig(
             backend=backend,
             server=to,
@@ -69,6 +107,10 @@ def expose(
             tunnels=tunnels,
             backoff_cap=backoff_cap,
             connect_timeout=connect_timeout,
+            metadata=security.metadata(),
+            server_credentials=security.credentials(),
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
         )
         live: Live | None = None
 
@@ -96,10 +138,28 @@ def expose(
             else:
                 await exposer.run()
         except ExposeError as e:
-            raise CliError(str(e)) from None
+            message = str(e)
+            if "UNAUTHENTICATED" in message:
+                message += f"\n  hint: {security.token_hint()}"
+            raise CliError(message) from None
         return 0
 
     run(body, renderer)
+
+
+async def _check_tls(server: str, security: ClientSecurity, timeout: float) -> None:
+    """Refuses to start when a first connection to ``server`` shows that TLS settings
+    cannot work (plaintext against TLS or the reverse, a certificate not trusted or
+    refused); any other failure is left to the exposer, which retries."""
+    channel = open_channel(server, security)
+    try:
+        await wait_until_ready(channel, server, min(timeout, 5.0), security)
+    except TlsMismatchError:
+        raise
+    except ConnectError:
+        pass  # the exposer says why, and retries
+    finally:
+        await channel.close(None)
 
 
 def _status_table(name: str, backend: str, server: str, wanted: int, stats: object) -> Table:

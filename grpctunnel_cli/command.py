@@ -115,7 +115,7 @@ def run(body: Callable[[], Coroutine[Any, Any, int]], renderer: Renderer) -> NoR
         code = asyncio.run(body())
     except CliError as error:
         renderer.error(error.message)
-        code = EXIT_LOCAL_FAILURE
+        code = error.exit_code
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except BrokenPipeError:

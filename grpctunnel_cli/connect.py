@@ -1,8 +1,10 @@
 """Opening a client channel to a server address, bounded by a connect timeout.
 
-The one place that turns ``--server`` (and later TLS and token options) into a connected
-`grpc.aio.Channel`. Everything after this only sees the channel, so the same reflection and
-invocation code runs over a direct channel or a tunnel channel.
+The one place that turns ``--server`` and the TLS options into a connected
+`grpc.aio.Channel` (the token travels as call metadata, see security.py). Everything after
+this only sees the channel, so the same reflection and invocation code runs over a direct
+channel or a tunnel channel. A connection that fails because TLS and plaintext were mixed
+up, or a certificate was not accepted, says so.
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from grpctunnel_cli.errors import ConnectError
+from grpctunnel_cli.errors import ConnectError, TlsMismatchError
+from grpctunnel_cli.security import ClientSecurity, explain_failure
 
-__all__ = ["DEFAULT_SERVER", "SERVER_ENV", "connected_channel", "wait_until_ready"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "connected_channel",
+    "open_channel",
+    "wait_until_ready",
+]
 
 SERVER_ENV = "GRPCTUNNEL_SERVER"
 DEFAULT_SERVER = "localhost:50051"
@@ -36,8 +45,14 @@ async def _failure_reason(channel: grpc.aio.Channel, timeout: float) -> str | No
     return None
 
 
-async def wait_until_ready(channel: grpc.aio.Channel, target: str, timeout: float) -> None:
-    """Connect `channel` or raise ConnectError: at once if refused, else after `timeout` s."""
+async def wait_until_ready(
+    channel: grpc.aio.Channel,
+    target: str,
+    timeout: float,
+    security: ClientSecurity | None = None,
+) -> None:
+    """Connect `channel` or raise ConnectError: at once if refused, else after `timeout` s.
+    With `security`, a failure caused by TLS (or its absence) gets a hint saying so."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     state = channel.get_state(try_to_connect=True)
@@ -46,6 +61,9 @@ async def wait_until_ready(channel: grpc.aio.Channel, target: str, timeout: floa
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             reason = await _failure_reason(channel, remaining)
             if reason is not None:
+                hint = await explain_failure(target, security or ClientSecurity(), reason)
+                if hint is not None:
+                    raise TlsMismatchError(f"cannot connect to {target}: {hint} (grpc: {reason})")
                 raise ConnectError(f"cannot connect to {target}: {reason}")
         if state is grpc.ChannelConnectivity.SHUTDOWN:
             raise ConnectError(f"cannot connect to {target}: channel shut down")
@@ -62,16 +80,29 @@ def _timeout_message(target: str, timeout: float) -> str:
     return f"cannot connect to {target}: no connection within {timeout:g}s (see --connect-timeout)"
 
 
+def open_channel(
+    target: str,
+    security: ClientSecurity | None = None,
+    options: list[tuple[str, object]] | None = None,
+) -> grpc.aio.Channel:
+    """A channel to `target`, with TLS when `security` asks for it (not yet connected)."""
+    credentials = security.credentials() if security is not None else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(target, credentials, options=options)
+    return grpc.aio.insecure_channel(target, options=options)
+
+
 @asynccontextmanager
 async def connected_channel(
-    target: str, *, connect_timeout: float
+    target: str, *, connect_timeout: float, security: ClientSecurity | None = None
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """An insecure channel to `target`, connected before it is yielded and closed after."""
+    """A channel to `target` (TLS if `security` says so), connected before it is yielded
+    and closed after."""
     if not target.strip():
         raise ConnectError("no server address given (use --server or $GRPCTUNNEL_SERVER)")
-    channel = grpc.aio.insecure_channel(target)
+    channel = open_channel(target, security)
     try:
-        await wait_until_ready(channel, target, connect_timeout)
+        await wait_until_ready(channel, target, connect_timeout, security)
         yield channel
     finally:
         await channel.close(grace=None)

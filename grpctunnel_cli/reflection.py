@@ -30,7 +30,7 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
-from grpctunnel_cli.errors import ReflectionError, ResolutionError
+from grpctunnel_cli.errors import ReflectionError, ResolutionError, StatusError
 from grpctunnel_cli.metadata import Metadata
 from grpctunnel_cli.rpc_status import FirstStatus, error_status
 
@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 Symbol = ServiceDescriptor | MethodDescriptor | Descriptor | EnumDescriptor
+
+# A server that refuses reflection for these reasons refuses the caller, not the question:
+# the command ends with that status (64 + N), as the call itself would have.
+_REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 # Protocol version -> method path; tried in this order.
 REFLECTION_METHODS: dict[str, str] = {
@@ -219,6 +223,8 @@ class DescriptorSource:
                         f"the server does not offer reflection (tried {tried}; "
                         f"UNIMPLEMENTED: {details})"
                     ) from None
+                if code in _REFUSALS:
+                    raise StatusError(code, details) from None
                 raise ReflectionError(f"server reflection failed: {code.name}: {details}") from None
             self._version = version
             if response.HasField("error_response"):

@@ -373,5 +373,8 @@ class Renderer:
 
 
 def _shown(key: str, value: MetadataValue) -> str:
+    if key == "authorization":  # a credential: say what kind, never print it
+        scheme = format_value(value).split(" ", 1)[0]
+        return f"{scheme} (redacted)"
     text = format_value(value)
     return f"{text} (base64)" if isinstance(value, bytes) and not key.endswith("-bin") else text

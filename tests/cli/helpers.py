@@ -33,7 +33,11 @@ class Result:
 
 
 def cli_env(server: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GRPCTUNNEL_SERVER", "FORCE_COLOR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GRPCTUNNEL_SERVER", "GRPCTUNNEL_TOKEN", "FORCE_COLOR")
+    }
     if server is not None:
         env["GRPCTUNNEL_SERVER"] = server
     env.update(extra)

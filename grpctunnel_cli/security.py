@@ -1,0 +1,284 @@
+"""TLS and bearer-token options of the commands, and explaining connections that fail.
+
+The client side (`call`, `list`, `describe`, `expose`) reads ``--tls``, ``--ca-cert``,
+``--cert``/``--key`` and ``--token``/``--token-file``/``$GRPCTUNNEL_TOKEN`` into one
+`ClientSecurity`: channel credentials and the ``authorization`` metadata to send.
+
+When a connection fails, grpc's own words ("Socket closed", "WRONG_VERSION_NUMBER") do not
+say that TLS and plaintext were mixed up. `explain_failure` turns them into a hint; where
+grpc's words are ambiguous it asks the server itself, with one TLS handshake of its own
+(`probe_tls`): a TLS server completes it, a plaintext one answers with bytes that are not
+TLS, and a server requiring client certificates closes the connection right after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+
+from grpctunnel.auth import bearer_metadata
+from grpctunnel_cli.errors import CliError, UsageError
+
+__all__ = [
+    "TOKEN_ENV",
+    "CaCertOption",
+    "CertOption",
+    "ClientSecurity",
+    "KeyOption",
+    "TlsOption",
+    "TokenFileOption",
+    "TokenOption",
+    "client_security",
+    "explain_failure",
+    "is_loopback",
+    "probe_tls",
+    "read_file",
+    "token_from",
+]
+
+TOKEN_ENV = "GRPCTUNNEL_TOKEN"
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help=f"Bearer token to send as 'authorization: Bearer ...' (default: ${TOKEN_ENV}).",
+        show_default=False,
+    ),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option("--token-file", help="Read the bearer token from this file.", show_default=False),
+]
+TlsOption = Annotated[
+    bool,
+    typer.Option(
+        "--tls", help="Connect with TLS (implied by --ca-cert or --cert).", show_default=False
+    ),
+]
+CaCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        help="CA certificate (PEM) to verify the server with; default: the system's.",
+        show_default=False,
+    ),
+]
+CertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cert", help="Client certificate (PEM), for servers requiring one.", show_default=False
+    ),
+]
+KeyOption = Annotated[
+    Path | None,
+    typer.Option("--key", help="Private key (PEM) of --cert.", show_default=False),
+]
+
+
+def read_file(path: Path, option: str) -> bytes:
+    """The bytes of a file named by an option; CliError naming the option if unreadable."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CliError(f"cannot read {option} {path}: {error.strerror or error}") from None
+
+
+def token_from(token: str | None, token_file: Path | None) -> str | None:
+    """The token given by --token, else --token-file, else $GRPCTUNNEL_TOKEN (client side:
+    a token file holds one token)."""
+    if token is not None and token_file is not None:
+        raise UsageError("give either --token or --token-file, not both")
+    if token is not None:
+        if not token.strip():
+            raise UsageError("--token is empty")
+        return token.strip()
+    if token_file is not None:
+        text = read_file(token_file, "--token-file").decode("utf-8", errors="replace").strip()
+        if not text:
+            raise CliError(f"--token-file {token_file} is empty")
+        if text.startswith("{") or len(text.split()) != 1:
+            raise CliError(
+                f"--token-file {token_file} must hold just one token "
+                "(a JSON token file is for `grpctunnel serve`)"
+            )
+        return text
+    from_env = os.environ.get(TOKEN_ENV, "").strip()
+    return from_env or None
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client command talks to its server: TLS or not, and which token."""
+
+    tls: bool = False
+    ca_cert: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    token: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """Channel credentials for TLS; None for plaintext."""
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_cert, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata carrying the token, on every request (none without a token)."""
+        return bearer_metadata(self.token) if self.token else ()
+
+    def token_hint(self) -> str:
+        """What to tell a user whom the server did not authenticate."""
+        if self.token:
+            return "the server did not accept the token given (--token, --token-file or $GRPCTUNNEL_TOKEN)"
+        return "the server requires a token: pass --token or --token-file, or set $GRPCTUNNEL_TOKEN"
+
+
+def client_security(
+    *,
+    token: str | None,
+    token_file: Path | None,
+    tls: bool,
+    ca_cert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> ClientSecurity:
+    """Reads and checks the security options of a client command."""
+    if (cert is None) != (key is None):
+        raise UsageError("--cert and --key go together")
+    return ClientSecurity(
+        tls=tls or ca_cert is not None or cert is not None,
+        ca_cert=read_file(ca_cert, "--ca-cert") if ca_cert is not None else None,
+        cert=read_file(cert, "--cert") if cert is not None else None,
+        key=read_file(key, "--key") if key is not None else None,
+        cert_path=cert,
+        key_path=key,
+        token=token_from(token, token_file),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` is reachable only from this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+# --- explaining failed connections --------------------------------------------------------
+
+NOT_TLS_HINT = "the server does not speak TLS: drop --tls (and --ca-cert, --cert, --key)"
+SPEAKS_TLS_HINT = (
+    "the server speaks TLS: add --tls (and --ca-cert with its CA certificate unless a "
+    "public CA signed it)"
+)
+UNTRUSTED_HINT = (
+    "the server's TLS certificate is not trusted: pass --ca-cert with the CA certificate "
+    "that signed it"
+)
+NEEDS_CERT_HINT = (
+    "the server closed the connection after the TLS handshake: it requires a client "
+    "certificate (--cert and --key)"
+)
+CERT_REFUSED_HINT = (
+    "the server refused the client certificate: it must be signed by a CA the server "
+    "trusts (its --client-ca)"
+)
+
+
+def _host_port(target: str) -> tuple[str, int] | None:
+    text = target.strip()
+    for prefix in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+async def probe_tls(
+    target: str,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    timeout: float = 3.0,
+) -> str | None:
+    """What one TLS handshake with ``target`` shows: "tls" (it completed and the server
+    went on talking HTTP/2), "tls-closed" (it completed, then the server hung up: it wants
+    a client certificate it trusts), "plaintext" (the answer was not TLS), or None (no
+    connection at all, or nothing conclusive)."""
+    address = _host_port(target)
+    if address is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe of the protocol, not of trust
+    context.set_alpn_protocols(["h2"])
+    if cert is not None and key is not None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            context.load_cert_chain(cert, key)
+    host, port = address
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=host), timeout
+        )
+    except ssl.SSLError:
+        return "plaintext"
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the HTTP/2 client preface
+        data = await asyncio.wait_for(reader.read(9), timeout)
+        return "tls" if data else "tls-closed"
+    except (ssl.SSLError, ConnectionError):
+        return "tls-closed"
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def explain_failure(target: str, security: ClientSecurity, details: str) -> str | None:
+    """A hint for a connection to ``target`` that failed with grpc's ``details``, when it
+    failed because of TLS; None when TLS is not the problem (or it cannot tell)."""
+    lowered = details.lower()
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return UNTRUSTED_HINT
+    if security.tls and ("wrong_version_number" in lowered or "record_layer" in lowered):
+        return NOT_TLS_HINT
+    if any(
+        words in lowered
+        for words in ("connection refused", "dns resolution failed", "name resolution")
+    ):
+        return None
+    seen = await probe_tls(target, cert=security.cert_path, key=security.key_path)
+    if not security.tls:
+        return SPEAKS_TLS_HINT if seen in ("tls", "tls-closed") else None
+    if seen == "plaintext":
+        return NOT_TLS_HINT
+    if seen == "tls-closed":
+        return NEEDS_CERT_HINT if security.cert is None else CERT_REFUSED_HINT
+    return None
