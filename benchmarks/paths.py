@@ -263,7 +263,8 @@ class CliSettings:
 
 
 CLI = CliSettings()
-# what the service process offers; named with `expose --service` (it has no reflection)
+# what the service process offers; named with `expose --service` because Bench (raw
+# bytes) has no descriptor to list; Echo's method kinds are learnt by reflection
 CLI_SERVICES = ("grpctunnel.demo.v1.Echo", "grpctunnel.bench.v1.Bench")
 CLI_MAX_MESSAGE_MIB = 128  # `serve --max-message-mib`, as bench_service.MAX_MESSAGE
 

@@ -38,6 +38,7 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
+from grpctunnel.demo.service import enable_reflection
 from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 
 SCENARIO_TIMEOUT = 240.0  # seconds; every scenario is bounded by this
@@ -100,6 +101,9 @@ def service_main(conn: Any) -> None:
 async def _service(conn: Any) -> None:
     server = grpc.aio.server(options=bs.GRPC_OPTIONS)
     bs.register_services(server)
+    # reflection, as real backends usually offer: relays (the cli path) learn from it
+    # which methods are unary; the direct and tunnel paths never call it
+    enable_reflection(server, [echo_pb2.DESCRIPTOR.services_by_name["Echo"]])
     handler = TunnelServiceHandler(bs.handler_options())
     bs.register_services(handler)
     add_TunnelServiceServicer_to_server(handler.service(), server)

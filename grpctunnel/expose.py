@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
 from grpctunnel.gateway import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
+from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.options import TunnelClientOptions
 from grpctunnel.proxy import ProxyHandler, Route
 from grpctunnel.v1 import tunnel_pb2_grpc
@@ -178,6 +179,7 @@ class Exposer:
         self.proxy = ProxyHandler(
             lambda method, md: Route(self._backend, f"backend {config.backend}"),
             observer=self._observed,
+            kinds=MethodKinds(lambda service: self._backend),
         )
         self._stopping = asyncio.Event()
         self._connected_once = False

@@ -61,6 +61,7 @@ from grpctunnel.auth import (
     decide,
 )
 from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
+from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.proxy import CallObserver, ProxyHandler, Route, RouteError
 from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
@@ -158,8 +159,10 @@ class Gateway:
         if authority is not None:
             options.authorize_call = _first_refusal(options.authorize_call, self._authorize_call)
         self.handler = TunnelServiceHandler(options)
+        # what kind each exposed method is, learnt by reflection through the tunnels
+        self.kinds = MethodKinds(self._kinds_channel)
         self.proxy = ProxyHandler(
-            self._route, observer=observer, drop_headers=frozenset({PIN_HEADER})
+            self._route, observer=observer, drop_headers=frozenset({PIN_HEADER}), kinds=self.kinds
         )
         self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
         self._reflection = _MergedReflection(self)
@@ -316,6 +319,11 @@ class Gateway:
         )
         where = f" through tunnel {pin!r}" if pin else ""
         return f"no tunnel exposes service {service}{where}; exposed now: {now or 'nothing'}"
+
+    def _kinds_channel(self, service: str) -> grpc.aio.Channel | None:
+        if not any(service in tunnel_services(t) for t in self.tunnels()):
+            return None
+        return self._channel_for(service, None)
 
     def _channel_for(self, service: str, pin: str | None) -> grpc.aio.Channel:
         key = (service, pin)
