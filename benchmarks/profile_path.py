@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
@@ -122,6 +121,8 @@ def summarise(label: str, raw: Path, cpu_pct: float, expected: int, top: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    # only when run as a program: importing this module must not change the environment
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", default="cli", choices=list(PATHS))
     parser.add_argument("--scenario", default="unary_throughput", choices=list(WORKLOADS))

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # inherited by the worker processes
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
@@ -586,6 +585,8 @@ def caption_text(
 
 
 def main(argv: list[str] | None = None) -> int:
+    # only when run as a program: importing this module must not change the environment
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # inherited by the worker processes
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run, smaller counts (< ~60 s)")
     parser.add_argument(

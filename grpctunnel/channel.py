@@ -87,6 +87,32 @@ class SessionSource(Protocol):
     async def close(self, grace: float | None) -> None: ...
 
 
+class SingleSession:
+    """A session source of exactly one session: a forward tunnel, or one reverse
+    tunnel addressed directly. Subclasses say what closing its channel does."""
+
+    def __init__(self, session: CallingSession) -> None:
+        self.session = session
+
+    def pick(self) -> CallingSession | None:
+        return None if self.session.closed else self.session
+
+    async def wait(self) -> CallingSession:
+        if self.session.closed:
+            raise unavailable_error(self.unavailable_details())
+        return self.session
+
+    def unavailable_details(self) -> str:
+        return self.session.close_reason or "tunnel closed"
+
+    def state(self) -> grpc.ChannelConnectivity:
+        closed = self.session.closed
+        return grpc.ChannelConnectivity.SHUTDOWN if closed else grpc.ChannelConnectivity.READY
+
+    async def close(self, grace: float | None) -> None:
+        raise NotImplementedError
+
+
 class TunnelChannel(grpc.aio.Channel):
     """A ``grpc.aio.Channel`` whose calls travel through tunnels."""
 
@@ -647,6 +673,7 @@ class StreamStreamCall(StreamUnaryCall, grpc.aio.StreamStreamCall[Any, Any]):  #
 __all__ = [
     "CallingSession",
     "SessionSource",
+    "SingleSession",
     "StreamStreamCall",
     "StreamUnaryCall",
     "TunnelChannel",

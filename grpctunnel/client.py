@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.channel import CallingSession, TunnelChannel, unavailable_error
+from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel, unavailable_error
 from grpctunnel.options import TunnelClientOptions
 from grpctunnel.protocol import CallingConnection, ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
@@ -60,12 +60,12 @@ async def _open_tunnel_rpc(
     return call, tuple(headers)
 
 
-class _ForwardTunnel:
+class _ForwardTunnel(SingleSession):
     """The session source behind a forward tunnel's channel: one session, closed
     with the channel."""
 
     def __init__(self, session: CallingSession, call: Any) -> None:
-        self.session = session
+        super().__init__(session)
         self.call = call
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())
 
@@ -78,24 +78,6 @@ class _ForwardTunnel:
         except asyncio.CancelledError:
             self.call.cancel()
             raise
-
-    def pick(self) -> CallingSession | None:
-        return None if self.session.closed else self.session
-
-    async def wait(self) -> CallingSession:
-        if self.session.closed:
-            raise unavailable_error(self.unavailable_details())
-        return self.session
-
-    def unavailable_details(self) -> str:
-        return self.session.close_reason or "tunnel closed"
-
-    def state(self) -> grpc.ChannelConnectivity:
-        return (
-            grpc.ChannelConnectivity.SHUTDOWN
-            if self.session.closed
-            else grpc.ChannelConnectivity.READY
-        )
 
     async def close(self, grace: float | None) -> None:
         session = self.session

@@ -35,6 +35,7 @@ from grpctunnel.gateway import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
 from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.options import TunnelClientOptions
 from grpctunnel.proxy import ProxyHandler, Route
+from grpctunnel.reflection_client import reflect
 from grpctunnel.v1 import tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel.expose")
@@ -129,40 +130,14 @@ def _channel(
 
 
 async def list_backend_services(channel: grpc.aio.Channel, timeout: float = 10.0) -> list[str]:
-    """The services a backend lists by server reflection (v1, else v1alpha)."""
-    last: grpc.aio.AioRpcError | None = None
-    for service in (
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ):
-        # One request, then the end of the requests: on the wire, the bidi-streaming
-        # reflection call is then the same as a server-streaming one. Made as one, the
-        # request goes out with the call, so a backend without reflection answers
-        # UNIMPLEMENTED reliably (a separate write racing that answer can turn it into
-        # INTERNAL in grpc.aio, grpc/grpc#36066).
-        multicallable: Any = channel.unary_stream(
-            f"/{service}/ServerReflectionInfo",
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        call = multicallable(
-            reflection_pb2.ServerReflectionRequest(list_services=""), timeout=timeout
-        )
-        try:
-            response = await call.read()
-        except grpc.aio.AioRpcError as e:
-            last = e
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                continue
-            raise
-        finally:
-            call.cancel()
-        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
-            continue
-        return [s.name for s in response.list_services_response.service]
-    if last is None:  # both answered with no reply at all: nothing listed
+    """The services a backend lists by server reflection (v1, else v1alpha). Raises the
+    call's ``AioRpcError`` (UNIMPLEMENTED: no reflection) when it cannot list them."""
+    response = await reflect(
+        channel, reflection_pb2.ServerReflectionRequest(list_services=""), timeout=timeout
+    )
+    if response is None:  # answered with no reply at all: nothing listed
         return []
-    raise last
+    return [s.name for s in response.list_services_response.service]
 
 
 class Exposer:

@@ -64,6 +64,7 @@ from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
 from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.proxy import CallObserver, ProxyHandler, Route, RouteError
+from grpctunnel.reflection_client import reflect
 from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
@@ -570,32 +571,13 @@ class _Either(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
 
 async def _reflect(channel: grpc.aio.Channel, request: Any, path: str) -> Any:
-    """Asks one reflection question of a backend, by the path the caller used and then
-    the other version's."""
-    other = (
-        f"/{REFLECTION_V1ALPHA}/ServerReflectionInfo"
-        if REFLECTION_V1 in path
-        else f"/{REFLECTION_V1}/ServerReflectionInfo"
-    )
-    for attempt in (path, other):
-        multicallable: Any = channel.stream_stream(
-            attempt,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        call = multicallable(timeout=10.0)
-        try:
-            await call.write(request)
-            await call.done_writing()
-            answer = await call.read()
-            call.cancel()
-            if answer is not grpc.aio.EOF:  # type: ignore[attr-defined]
-                return answer
-        except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                log.debug("reflection through tunnel failed: %s", e.details())
-                return None
-    return None
+    """Asks one reflection question through a tunnel, by the version the caller used
+    first; None when it cannot be answered there."""
+    try:
+        return await reflect(channel, request, first=path)
+    except grpc.aio.AioRpcError as e:
+        log.debug("reflection through tunnel failed: %s", e.details())
+        return None
 
 
 __all__ = [

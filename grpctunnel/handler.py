@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.channel import CallingSession, TunnelChannel, unavailable_error
+from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel
 from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.protocol import CallingConnection, ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
@@ -49,7 +49,7 @@ class ReverseTunnel:
         self.id = next(self._ids)
         self.session = session
         self.key: Hashable = None
-        self.channel = TunnelChannel(_SingleSession(session))
+        self.channel = TunnelChannel(_ReverseTunnelSource(session))
 
     @property
     def metadata(self) -> md.MetadataPairs:
@@ -110,30 +110,8 @@ class TunnelRecord:
         return f"<TunnelRecord {self.kind} from {self.peer}>"
 
 
-class _SingleSession:
-    """A session source of exactly one session (a forward tunnel, or one reverse
-    tunnel addressed directly)."""
-
-    def __init__(self, session: CallingSession) -> None:
-        self.session = session
-
-    def pick(self) -> CallingSession | None:
-        return None if self.session.closed else self.session
-
-    async def wait(self) -> CallingSession:
-        if self.session.closed:
-            raise unavailable_error(self.unavailable_details())
-        return self.session
-
-    def unavailable_details(self) -> str:
-        return self.session.close_reason or "tunnel closed"
-
-    def state(self) -> grpc.ChannelConnectivity:
-        return (
-            grpc.ChannelConnectivity.SHUTDOWN
-            if self.session.closed
-            else grpc.ChannelConnectivity.READY
-        )
+class _ReverseTunnelSource(SingleSession):
+    """The channel of one reverse tunnel addressed directly."""
 
     async def close(self, grace: float | None) -> None:
         """Closing one reverse tunnel's channel does not close the tunnel: the client

@@ -13,47 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from grpctunnel.reflection_client import reflect
+
 log = logging.getLogger("grpctunnel")
 
 Kind = tuple[bool, bool]  # (requests stream, responses stream)
 UNARY: Kind = (False, False)
-
-REFLECTION_PATHS = (
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-)
-
-
-async def reflect(
-    channel: grpc.aio.Channel, request: Any, *, timeout: float = 10.0, first: str | None = None
-) -> Any:
-    """Asks one reflection question; tries reflection v1, then v1alpha (or ``first``
-    first). Returns the response, or None if neither version answers."""
-    paths = list(REFLECTION_PATHS)
-    if first in paths:
-        paths.remove(first)
-        paths.insert(0, first)
-    for path in paths:
-        multicallable: Any = channel.unary_stream(
-            path,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        call = multicallable(request, timeout=timeout)
-        try:
-            async for response in call:
-                call.cancel()
-                return response
-        except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                return None
-    return None
 
 
 def kinds_from_files(files: Iterable[bytes], service: str) -> dict[str, Kind]:
@@ -144,4 +114,4 @@ class MethodKinds:
         self._known_services.add(service)
 
 
-__all__ = ["UNARY", "Kind", "MethodKinds", "kinds_from_files", "reflect"]
+__all__ = ["UNARY", "Kind", "MethodKinds", "kinds_from_files"]

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.first_status import FirstStatus
 from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.session import EOF
 
@@ -280,7 +281,7 @@ async def relay_call(
     upstream = channel.stream_stream(method)(
         metadata=relayable(context.invocation_metadata(), drop_headers), timeout=timeout
     )
-    first = _FirstStatus(upstream)
+    first = FirstStatus(upstream)
     pump = asyncio.ensure_future(_pump(requests, upstream))
     try:
         await _relay_headers(context, await upstream.initial_metadata())
@@ -299,52 +300,12 @@ async def relay_call(
             upstream.cancel()
     details = await upstream.details()
     received = await upstream.trailing_metadata()
-    if code == grpc.StatusCode.INTERNAL and first.status is not None:
-        code, details, received = first.status
+    if code == grpc.StatusCode.INTERNAL and first.value is not None:
+        code, details, received = first.value
     if code == grpc.StatusCode.OK:
         _relay_trailers(context, received)
         return
     await _relay_failure(route, context, code, details, await upstream.initial_metadata(), received)
-
-
-class _FirstStatus:
-    """The status an upstream call first ended with.
-
-    When the upstream ends a call while requests are still being written to it (an
-    abort in the middle of a stream), the failed write makes grpc.aio replace the
-    upstream's status with ``INTERNAL: Internal error from Core`` (grpc/grpc#36066).
-    A done callback runs as the status is first set, when reading it needs no waiting:
-    that one is the upstream's own.
-    """
-
-    def __init__(self, call: Any) -> None:
-        self.status: tuple[grpc.StatusCode, str, Any] | None = None
-        add_done_callback = getattr(call, "add_done_callback", None)
-        if callable(add_done_callback):
-            add_done_callback(self._done)
-
-    def _done(self, call: Any) -> None:
-        if self.status is not None:
-            return
-        try:
-            code = _now(call.code())
-            details = _now(call.details())
-            trailers = _now(call.trailing_metadata())
-        except Exception:  # only a workaround: never disturb the call over it
-            return
-        if isinstance(code, grpc.StatusCode):
-            self.status = (code, details or "", trailers)
-
-
-def _now(awaitable: Any) -> Any:
-    """The result of an awaitable that completes without suspending; raises otherwise."""
-    steps = awaitable.__await__()
-    try:
-        steps.send(None)
-    except StopIteration as done:
-        return done.value
-    steps.close()
-    raise LookupError("not ready")
 
 
 async def _pump(requests: AsyncIterator[bytes], upstream: Any) -> None:

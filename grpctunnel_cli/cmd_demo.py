@@ -114,7 +114,9 @@ def demo(
             )
             forward = await PendingChannel(TunnelServiceStub(channel)).start(timeout=10)  # type: ignore[no-untyped-call]
             forward_stub = echo_pb2_grpc.EchoStub(forward)  # type: ignore[no-untyped-call]
-            reply = await forward_stub.Echo(echo_pb2.EchoRequest(msg="via both tunnels"), timeout=10)
+            reply = await forward_stub.Echo(
+                echo_pb2.EchoRequest(msg="via both tunnels"), timeout=10
+            )
             result(f"reply: {reply.msg!r}")
             await forward.close()
 
