@@ -373,6 +373,8 @@ def _open_cli(pair: Pair) -> dict[str, Any]:
                 "bench",
                 "--tunnels",
                 str(CLI.tunnels),
+                "--max-message-mib",
+                str(CLI_MAX_MESSAGE_MIB),
                 *services,
             ],
             stdin=subprocess.DEVNULL,
@@ -419,11 +421,6 @@ register_path(
         "process, which relays it to the service process's grpc.aio server",
         _open_cli,
         _close_cli,
-        skips={
-            "big_unary": "`grpctunnel expose` has no message-size option: its channel to the "
-            "backend keeps gRPC's default 4 MiB receive limit, so an 8 MiB reply fails with "
-            "RESOURCE_EXHAUSTED"
-        },
     )
 )
 

@@ -93,7 +93,9 @@ class ExposeConfig:
     ``server_credentials`` / ``backend_credentials`` make those connections TLS;
     ``channel_options`` apply to both. The server connection also gets keepalive
     options (``keepalive_interval`` None turns them off). ``instance`` identifies this
-    exposer to the server (one per process unless given).
+    exposer to the server (one per process unless given). ``max_message_length`` bounds
+    each relayed message both ways (the backend connection's gRPC limits and the
+    tunnel's); None for no limit.
     """
 
     backend: str
@@ -111,6 +113,15 @@ class ExposeConfig:
     keepalive_interval: float | None = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    max_message_length: int | None = 64 * 1024 * 1024
+
+    def backend_channel_options(self) -> list[tuple[str, Any]]:
+        limit = -1 if self.max_message_length is None else self.max_message_length
+        return [
+            *self.channel_options,
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
 
     def server_channel_options(self) -> list[tuple[str, Any]]:
         options = list(self.channel_options)
@@ -150,7 +161,9 @@ class Exposer:
         self.config = config
         self.stats = ExposeStats()
         self._on_change = on_change
-        self._backend = _channel(config.backend, config.backend_credentials, config.channel_options)
+        self._backend = _channel(
+            config.backend, config.backend_credentials, config.backend_channel_options()
+        )
         self.proxy = ProxyHandler(
             lambda method, md: Route(self._backend, f"backend {config.backend}"),
             observer=self._observed,
@@ -240,7 +253,8 @@ class Exposer:
                     )
                     options = TunnelClientOptions(
                         metadata=(*announce, *config.metadata),
-                        max_receive_message_length=None,
+                        max_receive_message_length=config.max_message_length,
+                        max_send_message_length=config.max_message_length,
                     )
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
                     rts = ReverseTunnelServer(stub, options)

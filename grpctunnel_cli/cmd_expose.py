@@ -63,6 +63,9 @@ def expose(
         ),
     ] = 10.0,
     connect_timeout: ConnectTimeoutOption = 10.0,
+    max_message_mib: Annotated[
+        int, typer.Option("--max-message-mib", min=1, help="Largest message relayed, in MiB.")
+    ] = 64,
     token: TokenOption = None,
     token_file: TokenFileOption = None,
     tls: TlsOption = False,
@@ -111,6 +114,7 @@ def expose(
             server_credentials=security.credentials(),
             keepalive_interval=keepalive_interval,
             keepalive_timeout=keepalive_timeout,
+            max_message_length=max_message_mib * 1024 * 1024,
         )
         live: Live | None = None
 
