@@ -14,7 +14,7 @@ import grpc
 
 from grpctunnel import metadata as md
 from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel, unavailable_error
-from grpctunnel.options import TunnelClientOptions
+from grpctunnel.options import TunnelClientOptions, TunnelOpening
 from grpctunnel.protocol import CallingConnection, ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
 from grpctunnel.session import Session, TunnelClosed
@@ -123,17 +123,12 @@ class PendingChannel:
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenTunnel, opts, metadata, timeout, wait_for_ready
         )
-        extended = md.peer_has_extensions(headers)
-        conn = CallingConnection(
-            negotiated=md.peer_negotiates(headers), **opts.connection_params(extended_peer=extended)
-        )
+        opening = TunnelOpening(headers, "tunnel server")
+        conn = CallingConnection(**opts.connection_args(opening))
         session = CallingSession(
             call,
             conn,
-            peer="tunnel server",
-            tunnel_metadata=headers,
-            binary_base64=extended,
-            batch_frames=md.peer_batches(headers),
+            **opening.session_args(),
             max_send_message_length=opts.max_send_message_length,
         )
         tunnel = _ForwardTunnel(session, call)
@@ -258,18 +253,13 @@ class ReverseTunnelServer:
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenReverseTunnel, opts, metadata, timeout, wait_for_ready
         )
-        extended = md.peer_has_extensions(headers)
-        conn = ServingConnection(
-            negotiated=md.peer_negotiates(headers), **opts.connection_params(extended_peer=extended)
-        )
+        opening = TunnelOpening(headers, "tunnel server")
+        conn = ServingConnection(**opts.connection_args(opening))
         conn.start()
         session = ServingSession(
             call,
             conn,
-            peer="tunnel server",
-            tunnel_metadata=headers,
-            binary_base64=extended,
-            batch_frames=md.peer_batches(headers),
+            **opening.session_args(),
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
         )

@@ -27,7 +27,7 @@ import grpc
 
 from grpctunnel import metadata as md
 from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel
-from grpctunnel.options import TunnelServiceHandlerOptions
+from grpctunnel.options import TunnelOpening, TunnelServiceHandlerOptions
 from grpctunnel.protocol import CallingConnection, ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
 from grpctunnel.session import Session, TunnelClosed
@@ -294,16 +294,8 @@ class TunnelServiceHandler:
 
     # -- the RPCs ---------------------------------------------------------------------
 
-    def _open_session_params(
-        self, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[md.MetadataPairs, bool, bool, str]:
-        invocation: md.MetadataPairs = tuple(context.invocation_metadata() or ())
-        return (
-            invocation,
-            md.peer_negotiates(invocation),
-            md.peer_has_extensions(invocation),
-            context.peer(),
-        )
+    def _opening(self, context: grpc.aio.ServicerContext[Any, Any]) -> TunnelOpening:
+        return TunnelOpening(tuple(context.invocation_metadata() or ()), context.peer())
 
     async def _admit(
         self,
@@ -342,10 +334,10 @@ class TunnelServiceHandler:
     async def _serve_forward(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
-        invocation, negotiated, extended, peer = self._open_session_params(context)
-        record = await self._admit(context, "forward", invocation, peer)
+        opening = self._opening(context)
+        record = await self._admit(context, "forward", opening.metadata, opening.peer)
         try:
-            await self._run_forward(context, record, invocation, negotiated, extended, peer)
+            await self._run_forward(context, record, opening)
         finally:
             self._records.discard(record)
 
@@ -353,24 +345,16 @@ class TunnelServiceHandler:
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         record: TunnelRecord,
-        invocation: md.MetadataPairs,
-        negotiated: bool,
-        extended: bool,
-        peer: str,
+        opening: TunnelOpening,
     ) -> None:
         opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
-        conn = ServingConnection(
-            negotiated=negotiated, **opts.connection_params(extended_peer=extended)
-        )
+        conn = ServingConnection(**opts.connection_args(opening))
         conn.start()
         session = ServingSession(
             context,
             conn,
-            peer=peer,
-            tunnel_metadata=invocation,
-            binary_base64=extended,
-            batch_frames=md.peer_batches(invocation),
+            **opening.session_args(),
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
             authorize_call=opts.authorize_call,
@@ -393,10 +377,10 @@ class TunnelServiceHandler:
             )
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
-        invocation, negotiated, extended, peer = self._open_session_params(context)
-        record = await self._admit(context, "reverse", invocation, peer)
+        opening = self._opening(context)
+        record = await self._admit(context, "reverse", opening.metadata, opening.peer)
         try:
-            await self._run_reverse(context, record, invocation, negotiated, extended, peer)
+            await self._run_reverse(context, record, opening)
         finally:
             self._records.discard(record)
 
@@ -404,23 +388,15 @@ class TunnelServiceHandler:
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         record: TunnelRecord,
-        invocation: md.MetadataPairs,
-        negotiated: bool,
-        extended: bool,
-        peer: str,
+        opening: TunnelOpening,
     ) -> None:
         opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
-        conn = CallingConnection(
-            negotiated=negotiated, **opts.connection_params(extended_peer=extended)
-        )
+        conn = CallingConnection(**opts.connection_args(opening))
         session = CallingSession(
             context,
             conn,
-            peer=peer,
-            tunnel_metadata=invocation,
-            binary_base64=extended,
-            batch_frames=md.peer_batches(invocation),
+            **opening.session_args(),
             max_send_message_length=opts.max_send_message_length,
         )
         await self._start_session(context, record, session)
