@@ -15,10 +15,11 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import pytest
+from support.processes import READY_TIMEOUT, Proc
 
 from grpctunnel.demo.service import start_demo_backend
 from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
@@ -30,145 +31,12 @@ from .helpers import GRPCTUNNEL, Result, assert_clean_failure, cli_env, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
-READY_TIMEOUT = 20.0  # a process saying what it is waiting for to be said
-EXIT_TIMEOUT = 20.0  # a process asked to stop, stopping
 ECHO = "grpctunnel.demo.v1.Echo"
 UNAVAILABLE = 64 + 14
 NOT_FOUND = 64 + 5
 
 
 # --- long-running processes -------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A running `grpctunnel` command whose output (stdout and stderr, interleaved) is read
-    line by line in the background."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    eof: bool = False
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _reader: asyncio.Task[None] | None = None
-
-    def start_reading(self) -> None:
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        try:
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    break
-                self.lines.append(line.decode(errors="replace").rstrip("\n"))
-                self._changed.set()
-        finally:
-            self.eof = True
-            self._changed.set()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def running(self) -> bool:
-        return self.process.returncode is None
-
-    def mark(self) -> int:
-        """A position in the output: later waits can look only at lines after it."""
-        return len(self.lines)
-
-    async def wait_for(
-        self, pattern: str, *, after: int = 0, timeout: float = READY_TIMEOUT
-    ) -> re.Match[str]:
-        """The first line after ``after`` that matches ``pattern`` (a regex), waiting for it."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = after
-        while True:
-            for line in self.lines[seen:]:
-                found = regex.search(line)
-                if found:
-                    return found
-            seen = max(seen, len(self.lines))
-            if self.eof:
-                raise AssertionError(
-                    f"{self.name} ended (exit {self.process.returncode}) before printing "
-                    f"/{pattern}/; its output:\n{self.output}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{self.name} did not print /{pattern}/ within {timeout}s; its output:\n"
-                    f"{self.output}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-
-    def count(self, pattern: str, *, after: int = 0) -> int:
-        regex = re.compile(pattern)
-        return sum(1 for line in self.lines[after:] if regex.search(line))
-
-    async def wait_count(
-        self, pattern: str, n: int, *, after: int = 0, timeout: float = READY_TIMEOUT
-    ) -> int:
-        """Waits until at least ``n`` lines after ``after`` match; returns how many do."""
-        deadline = time.monotonic() + timeout
-        while self.count(pattern, after=after) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.eof:
-                raise AssertionError(
-                    f"{self.name}: {self.count(pattern, after=after)} lines match /{pattern}/, "
-                    f"not {n}; its output:\n{self.output}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        return self.count(pattern, after=after)
-
-    async def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
-        try:
-            code = await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(
-                f"{self.name} did not exit within {timeout}s; its output:\n{self.output}"
-            ) from None
-        if self._reader is not None:  # let the reader take the last lines
-            await asyncio.wait_for(asyncio.shield(self._reader), 5)
-        return code
-
-    async def stop(self, signum: int = signal.SIGTERM, timeout: float = EXIT_TIMEOUT) -> int:
-        if self.running:
-            self.process.send_signal(signum)
-        return await self.wait_exit(timeout)
-
-    async def write(self, text: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(text.encode())
-        await self.process.stdin.drain()
-
-    def close_stdin(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-
-    async def kill(self) -> None:
-        if self.running:
-            self.process.kill()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        finally:
-            if self._reader is not None and not self._reader.done():
-                self._reader.cancel()
-                await asyncio.gather(self._reader, return_exceptions=True)
-            if self.process.stdin is not None:
-                self.process.stdin.close()
 
 
 class Launcher:
