@@ -1,6 +1,6 @@
 """What the service process offers, identically on every path.
 
-* ``grpctunnel.demo.v1.Echo`` (the demo servicer from :mod:`grpctunnel.demo.service`): the
+* ``grpctunnel.demo.v1.Echo`` (the demo servicer from :mod:`grpctunnel_demo.service`): the
   16-byte unary echo, and ``Chat`` for the many-streams scenario.
 * ``grpctunnel.bench.v1.Bench``, a benchmark-only service with raw ``bytes`` messages (no
   serializers, so no protobuf cost on 1 MiB payloads):
@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
-from grpctunnel.demo.service import EchoServicer
-from grpctunnel.demo.v1 import echo_pb2_grpc
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2_grpc
 
 BENCH_SERVICE = "grpctunnel.bench.v1.Bench"
 STREAM_METHOD = f"/{BENCH_SERVICE}/Stream"

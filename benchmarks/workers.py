@@ -38,8 +38,8 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
-from grpctunnel.demo.service import enable_reflection
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
+from grpctunnel_demo.service import enable_reflection
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 SCENARIO_TIMEOUT = 240.0  # seconds; every scenario is bounded by this
 OPEN_TIMEOUT = 20.0

@@ -12,7 +12,7 @@ Who may open tunnels is decided as each one opens, by the ``accept_tunnel`` hook
 forward tunnel by its ``authorize_call`` hook; :meth:`TunnelServiceHandler.open_tunnels`
 lists every accepted tunnel (with the metadata it was opened with) so such a hook can
 count tunnels or close one, and :class:`~grpctunnel.gateway.Gateway` wires both hooks to
-a :class:`~grpctunnel.auth.TokenAuthority`.
+a :class:`~grpctunnel.gateway.auth.TokenAuthority`.
 """
 
 from __future__ import annotations

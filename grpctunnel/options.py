@@ -103,7 +103,7 @@ class TunnelServiceHandlerOptions(TunnelOptions):
     tunnel as it opens by returning a status code and message; ``authorize_call(
     tunnel_metadata, method)`` may likewise refuse each call made through a forward
     tunnel. Both see the metadata the tunnel was opened with (its credentials).
-    ``grpctunnel.auth.require_tokens(options, authority)`` sets both to check bearer
+    ``grpctunnel.gateway.auth.require_tokens(options, authority)`` sets both to check bearer
     tokens, and ``grpctunnel.gateway.Gateway(authority=...)`` does that and more (tunnel
     names, tunnels per credential). ``max_concurrent_streams`` is the usual guard
     against a peer that opens streams without end.

@@ -36,10 +36,10 @@ def demo(
 
     async def body() -> int:
         from grpctunnel import PendingChannel, TunnelServiceStub
-        from grpctunnel.demo.service import start_demo_backend
-        from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
-        from grpctunnel.expose import ExposeConfig, Exposer
         from grpctunnel.gateway import Gateway
+        from grpctunnel.gateway.exposer import ExposeConfig, Exposer
+        from grpctunnel_demo.service import start_demo_backend
+        from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
         def step(text: str) -> None:
             console.print(f"[bold cyan]▸[/] {text}")

@@ -28,7 +28,7 @@ def demo_backend(
 
     async def body() -> int:
         # Imported here so that other commands do not load the tunnel library for nothing.
-        from grpctunnel.demo.service import start_demo_backend
+        from grpctunnel_demo.service import start_demo_backend
 
         try:
             server, bound = await start_demo_backend(host, port)

@@ -96,7 +96,7 @@ def expose(
     console = setup_logging(verbose)
 
     async def body() -> int:
-        from grpctunnel.expose import ExposeConfig, ExposeError, Exposer, ExposeStats
+        from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, ExposeStats
 
         security = client_security(
             token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key

@@ -13,7 +13,7 @@ import grpc
 import typer
 
 from grpctunnel import keepalive
-from grpctunnel.auth import AuthConfigError, TokenAuthority
+from grpctunnel.gateway.auth import AuthConfigError, TokenAuthority
 from grpctunnel_cli.command import VerboseOption, run
 from grpctunnel_cli.errors import CliError, UsageError
 from grpctunnel_cli.logs import setup_logging

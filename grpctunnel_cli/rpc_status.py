@@ -1,5 +1,5 @@
 """Reading the status of a finished call, corrected for grpc/grpc#36066 with the
-library's :class:`~grpctunnel.first_status.FirstStatus` (see there)."""
+library's :class:`~grpctunnel.gateway.first_status.FirstStatus` (see there)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from grpctunnel.first_status import FirstStatus
+from grpctunnel.gateway.first_status import FirstStatus
 from grpctunnel_cli.metadata import MetadataValue
 
 __all__ = ["FirstStatus", "Status", "as_metadata", "error_status"]

@@ -25,7 +25,7 @@ from typing import Annotated
 import grpc
 import typer
 
-from grpctunnel.auth import bearer_metadata
+from grpctunnel.gateway.auth import bearer_metadata
 from grpctunnel_cli.errors import CliError, UsageError
 
 __all__ = [

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from grpctunnel.demo.service import start_demo_backend
+from grpctunnel_demo.service import start_demo_backend
 
 from .helpers import start_echo_server, start_two_echo_server
 

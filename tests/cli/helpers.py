@@ -14,8 +14,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_reflection.v1alpha import reflection
 
-from grpctunnel.demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
+from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
 CLI_TIMEOUT = 30.0

@@ -11,7 +11,6 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pool
 
-from grpctunnel.demo.v1 import echo_pb2
 from grpctunnel_cli.errors import InputError, ReflectionError, ResolutionError
 from grpctunnel_cli.invoke import (
     CallEvent,
@@ -23,6 +22,7 @@ from grpctunnel_cli.invoke import (
     request_messages,
 )
 from grpctunnel_cli.reflection import DescriptorSource
+from grpctunnel_demo.v1 import echo_pb2
 
 
 async def _events(

@@ -160,7 +160,7 @@ def test_splitter_stray_closing_bracket() -> None:
 
 
 def test_parse_message_unknown_field_is_an_input_error() -> None:
-    from grpctunnel.demo.v1 import echo_pb2
+    from grpctunnel_demo.v1 import echo_pb2
 
     message = parse_message({"msg": "x"}, echo_pb2.EchoRequest.DESCRIPTOR)
     assert message == echo_pb2.EchoRequest(msg="x")
@@ -268,7 +268,7 @@ def test_describe_text_of_every_field_shape() -> None:
 
 
 def test_describe_text_streaming_method_and_enum() -> None:
-    from grpctunnel.demo.v1 import echo_pb2
+    from grpctunnel_demo.v1 import echo_pb2
 
     chat = echo_pb2.DESCRIPTOR.services_by_name["Echo"].methods_by_name["Chat"]
     assert describe_text(chat) == (

@@ -21,11 +21,11 @@ import grpc
 import pytest
 from support.processes import READY_TIMEOUT, Proc
 
-from grpctunnel.demo.service import start_demo_backend
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
-from grpctunnel.expose import ExposeConfig, Exposer
 from grpctunnel.gateway import Gateway
+from grpctunnel.gateway.exposer import ExposeConfig, Exposer
 from grpctunnel_cli.rpc_status import FirstStatus, error_status
+from grpctunnel_demo.service import start_demo_backend
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 from .helpers import GRPCTUNNEL, Result, assert_clean_failure, cli_env, run_cli
 

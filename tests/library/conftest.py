@@ -38,8 +38,8 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 from grpctunnel.testing import TunnelPair
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "/grpctunnel.demo.v1.Echo/"
 RAW_SERVICE = "test.Raw"

@@ -1,4 +1,4 @@
-"""Bearer tokens and their rights (grpctunnel.auth), and the interceptor on a real
+"""Bearer tokens and their rights (grpctunnel.gateway.auth), and the interceptor on a real
 grpc.aio server."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
-from grpctunnel.auth import (
+from grpctunnel.gateway.auth import (
     AuthConfigError,
     AuthInterceptor,
     Grant,
@@ -23,8 +23,8 @@ from grpctunnel.auth import (
     bearer_metadata,
     check,
 )
-from grpctunnel.demo.service import EchoServicer
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "/grpctunnel.demo.v1.Echo/Echo"
 OPEN = "/grpctunnel.v1.TunnelService/OpenTunnel"

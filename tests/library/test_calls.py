@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
-from grpctunnel.demo.v1 import echo_pb2
 from grpctunnel.options import TunnelOptions
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import ALL_MODES, GRPC_MODES, Env, EnvFactory, payload, wait
 

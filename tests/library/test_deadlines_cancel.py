@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import Backend, Env, wait
 

@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelServiceHandlerOptions
-from grpctunnel.demo.service import EchoServicer, enable_reflection
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
-from grpctunnel.expose import ExposeConfig, Exposer
 from grpctunnel.gateway import Gateway
+from grpctunnel.gateway.exposer import ExposeConfig, Exposer
+from grpctunnel_demo.service import EchoServicer, enable_reflection
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 MIB = 1024 * 1024
 LIMIT = 16 * MIB

@@ -11,7 +11,7 @@ import tracemalloc
 import grpc
 import pytest
 
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import Env, EnvFactory, echo, payload
 

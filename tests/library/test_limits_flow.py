@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import ALL_MODES, GRPC_MODES, MAIN_MODES, Env, EnvFactory, echo, payload, wait
 

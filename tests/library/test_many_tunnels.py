@@ -20,8 +20,8 @@ from grpctunnel import (
     TunnelClientOptions,
     TunnelServiceHandlerOptions,
 )
-from grpctunnel.demo.v1.echo_pb2 import EchoRequest
-from grpctunnel.demo.v1.echo_pb2_grpc import EchoStub
+from grpctunnel_demo.v1.echo_pb2 import EchoRequest
+from grpctunnel_demo.v1.echo_pb2_grpc import EchoStub
 
 from .conftest import Backend, echo, new_reverse_server, start_backend, wait
 

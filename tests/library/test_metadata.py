@@ -8,7 +8,7 @@ import pytest
 
 import grpctunnel
 from grpctunnel import PendingChannel, TunnelClientOptions
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import ALL_MODES, Backend, Env, EnvFactory, echo
 

@@ -9,10 +9,10 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from grpctunnel.demo.service import start_demo_backend
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
-from grpctunnel.method_kinds import MethodKinds, kinds_from_files
-from grpctunnel.proxy import ProxyHandler, Route
+from grpctunnel.gateway.method_kinds import MethodKinds, kinds_from_files
+from grpctunnel.gateway.proxy import ProxyHandler, Route
+from grpctunnel_demo.service import start_demo_backend
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "grpctunnel.demo.v1.Echo"
 

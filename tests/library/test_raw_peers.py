@@ -17,8 +17,8 @@ import pytest
 from google.protobuf import empty_pb2
 
 from grpctunnel import PendingChannel
-from grpctunnel.demo.v1 import echo_pb2
 from grpctunnel.v1 import tunnel_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import Backend, echo, start_backend, wait
 

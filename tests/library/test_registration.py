@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from grpctunnel import PendingChannel, ReverseTunnelServer, TunnelServiceHandler
-from grpctunnel.demo.service import EchoServicer
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 from grpctunnel.testing import TunnelPair
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 from .conftest import start_backend
 

@@ -7,7 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import Env
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelOptions
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 from grpctunnel.testing import TunnelPair
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 
 class Gate(echo_pb2_grpc.EchoServicer):

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
-from grpctunnel.demo.service import EchoServicer
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 from grpctunnel.options import TunnelOptions
 from grpctunnel.testing import TunnelPair
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 from .conftest import GRPC_MODES, EchoProbeServicer, EnvFactory, payload, wait
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from grpctunnel import PendingChannel
-from grpctunnel.demo.v1 import echo_pb2
+from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import Backend, Env, EnvFactory, echo, wait
 
@@ -166,7 +166,7 @@ async def test_handler_close_ends_its_tunnels(make_env: EnvFactory) -> None:
 
 
 def echo_pb2_stub(channel: grpc.aio.Channel) -> Any:
-    from grpctunnel.demo.v1 import echo_pb2_grpc
+    from grpctunnel_demo.v1 import echo_pb2_grpc
 
     return echo_pb2_grpc.EchoStub(channel)  # type: ignore[no-untyped-call]
 

@@ -23,16 +23,16 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
-from grpctunnel.auth import (
+from grpctunnel.gateway import Gateway, announce_metadata
+from grpctunnel.gateway.auth import (
     AuthInterceptor,
     Grant,
     TokenAuthority,
     bearer_metadata,
     require_tokens,
 )
-from grpctunnel.demo.service import EchoServicer
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
-from grpctunnel.gateway import Gateway, announce_metadata
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 

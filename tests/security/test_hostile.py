@@ -20,8 +20,8 @@ import pytest
 from google.protobuf import empty_pb2
 
 from grpctunnel import PendingChannel, TunnelServiceStub
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
 from grpctunnel.v1 import tunnel_pb2
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 from .procs import Launcher, Proc, no_traceback
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 from .procs import Launcher, Proc, no_traceback
 

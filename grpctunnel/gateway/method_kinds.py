@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from grpctunnel.reflection_client import reflect
+from grpctunnel.gateway.reflection_client import reflect
 
 log = logging.getLogger("grpctunnel")
 

@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.first_status import FirstStatus
-from grpctunnel.method_kinds import MethodKinds
+from grpctunnel.gateway.first_status import FirstStatus
+from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.session import EOF
 
 log = logging.getLogger("grpctunnel")

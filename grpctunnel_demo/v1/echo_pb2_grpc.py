@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from grpctunnel.demo.v1 import echo_pb2 as grpctunnel_dot_demo_dot_v1_dot_echo__pb2
+from grpctunnel_demo.v1 import echo_pb2 as grpctunnel__demo_dot_v1_dot_echo__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in grpctunnel/demo/v1/echo_pb2_grpc.py depends on'
+        + ' but the generated code in grpctunnel_demo/v1/echo_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class EchoStub:
         """
         self.Echo = channel.unary_unary(
                 '/grpctunnel.demo.v1.Echo/Echo',
-                request_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-                response_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+                request_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
                 _registered_method=True)
         self.Expand = channel.unary_stream(
                 '/grpctunnel.demo.v1.Echo/Expand',
-                request_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.ExpandRequest.SerializeToString,
-                response_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+                request_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.ExpandRequest.SerializeToString,
+                response_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
                 _registered_method=True)
         self.Collect = channel.stream_unary(
                 '/grpctunnel.demo.v1.Echo/Collect',
-                request_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-                response_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+                request_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
                 _registered_method=True)
         self.Chat = channel.stream_stream(
                 '/grpctunnel.demo.v1.Echo/Chat',
-                request_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-                response_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+                request_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+                response_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
                 _registered_method=True)
 
 
@@ -92,23 +92,23 @@ def add_EchoServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Echo': grpc.unary_unary_rpc_method_handler(
                     servicer.Echo,
-                    request_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
-                    response_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
+                    request_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
             ),
             'Expand': grpc.unary_stream_rpc_method_handler(
                     servicer.Expand,
-                    request_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.ExpandRequest.FromString,
-                    response_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
+                    request_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.ExpandRequest.FromString,
+                    response_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
             ),
             'Collect': grpc.stream_unary_rpc_method_handler(
                     servicer.Collect,
-                    request_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
-                    response_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
+                    request_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
-                    request_deserializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
-                    response_serializer=grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
+                    request_deserializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.FromString,
+                    response_serializer=grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,8 +136,8 @@ class Echo:
             request,
             target,
             '/grpctunnel.demo.v1.Echo/Echo',
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -163,8 +163,8 @@ class Echo:
             request,
             target,
             '/grpctunnel.demo.v1.Echo/Expand',
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.ExpandRequest.SerializeToString,
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.ExpandRequest.SerializeToString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,8 +190,8 @@ class Echo:
             request_iterator,
             target,
             '/grpctunnel.demo.v1.Echo/Collect',
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,8 +217,8 @@ class Echo:
             request_iterator,
             target,
             '/grpctunnel.demo.v1.Echo/Chat',
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
-            grpctunnel_dot_demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoRequest.SerializeToString,
+            grpctunnel__demo_dot_v1_dot_echo__pb2.EchoReply.FromString,
             options,
             channel_credentials,
             insecure,

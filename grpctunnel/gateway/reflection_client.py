@@ -17,8 +17,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel.session import EOF
 
-V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_SERVICES = frozenset({REFLECTION_V1, REFLECTION_V1ALPHA})
+# the method of each version, in the order they are tried
+V1 = f"/{REFLECTION_V1}/ServerReflectionInfo"
+V1ALPHA = f"/{REFLECTION_V1ALPHA}/ServerReflectionInfo"
 
 
 async def reflect(
@@ -54,4 +58,11 @@ async def reflect(
     return None
 
 
-__all__ = ["V1", "V1ALPHA", "reflect"]
+__all__ = [
+    "REFLECTION_SERVICES",
+    "REFLECTION_V1",
+    "REFLECTION_V1ALPHA",
+    "V1",
+    "V1ALPHA",
+    "reflect",
+]

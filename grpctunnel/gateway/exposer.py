@@ -9,7 +9,7 @@ backend is down, callers get UNAVAILABLE naming it and the tunnels stay up.
 Its connection to the server pings (``keepalive_interval`` / ``keepalive_timeout``), so a
 server that vanished without a word (a frozen host, a pulled cable) is noticed and
 redialled. ``metadata`` goes with every tunnel as it opens: the place for a token
-(``grpctunnel.auth.bearer_metadata``); ``server_credentials`` makes the connection TLS.
+(``grpctunnel.gateway.auth.bearer_metadata``); ``server_credentials`` makes the connection TLS.
 Each exposer announces an instance id of its own, so that a restarted one takes over its
 name at once from the stale tunnels of the one before (see ``grpctunnel.gateway``); an
 exposer whose tunnels were taken over that way stops with :class:`ExposeError` rather
@@ -31,14 +31,14 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
-from grpctunnel.gateway import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
-from grpctunnel.method_kinds import MethodKinds
+from grpctunnel.gateway.announce import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
+from grpctunnel.gateway.method_kinds import MethodKinds
+from grpctunnel.gateway.proxy import ProxyHandler, Route
+from grpctunnel.gateway.reflection_client import reflect
 from grpctunnel.options import TunnelClientOptions
-from grpctunnel.proxy import ProxyHandler, Route
-from grpctunnel.reflection_client import reflect
 from grpctunnel.v1 import tunnel_pb2_grpc
 
-log = logging.getLogger("grpctunnel.expose")
+log = logging.getLogger("grpctunnel.gateway.exposer")
 
 # failures that retrying cannot mend
 FATAL_CODES = frozenset(

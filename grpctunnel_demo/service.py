@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from grpc_reflection.v1alpha import reflection_pb2_grpc as reflection_v1alpha_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from grpctunnel.demo.v1 import echo_pb2, echo_pb2_grpc
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 __all__ = [
     "ECHO_SERVICE",

@@ -26,6 +26,8 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.gateway.announce import HEALTH, TUNNEL_SERVICE
+from grpctunnel.gateway.reflection_client import REFLECTION_SERVICES
 from grpctunnel.options import TunnelServiceHandlerOptions
 
 log = logging.getLogger("grpctunnel")
@@ -33,15 +35,12 @@ log = logging.getLogger("grpctunnel")
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
 
-TUNNEL_SERVICE = "grpctunnel.v1.TunnelService"
 OPEN_TUNNEL = f"/{TUNNEL_SERVICE}/OpenTunnel"
 OPEN_REVERSE_TUNNEL = f"/{TUNNEL_SERVICE}/OpenReverseTunnel"
 # reachable without a token, so load balancers can probe
-PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health"})
-# what a caller needs to find its methods: open to every token that may call at all
-REFLECTION_SERVICES = frozenset(
-    {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
-)
+PUBLIC_SERVICES = frozenset({HEALTH})
+# what a caller needs to find its methods (REFLECTION_SERVICES) is open to every token
+# that may call at all
 
 
 class AuthConfigError(ValueError):

@@ -13,7 +13,7 @@ and serves the standard health service.
 
 Locking it down (the ``grpctunnel serve`` command does all of this)::
 
-    authority = TokenAuthority.from_file("tokens.json")       # grpctunnel.auth
+    authority = TokenAuthority.from_file("tokens.json")       # grpctunnel.gateway.auth
     gateway = Gateway(authority=authority)
     server = grpc.aio.server(
         interceptors=gateway.interceptors(),                    # your own services too
@@ -23,7 +23,7 @@ Locking it down (the ``grpctunnel serve`` command does all of this)::
     server.add_secure_port(address, grpc.ssl_server_credentials(...))
 
 With an authority, every tunnel and call needs a token (``authorization: Bearer ...``)
-whose :class:`~grpctunnel.auth.Grant` allows it: opening a reverse tunnel needs the
+whose :class:`~grpctunnel.gateway.auth.Grant` allows it: opening a reverse tunnel needs the
 right to expose, under its announced name and services; opening a forward tunnel, or
 calling directly, needs the right to call, and each call made inside a forward tunnel
 is checked against the token the tunnel was opened with (the handler's
@@ -42,17 +42,28 @@ slot, so the tunnels of one ``expose --tunnels N`` coexist.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel import metadata as md
-from grpctunnel.auth import (
+from grpctunnel.gateway.announce import (
+    GATEWAY_ANSWERS,
+    HEALTH,
+    INSTANCE_HEADER,
+    PIN_HEADER,
+    SLOT_HEADER,
+    TAKEN_OVER,
+    TUNNEL_SERVICE,
+    announced_name,
+    announced_services,
+    tunnel_name,
+    tunnel_services,
+)
+from grpctunnel.gateway.auth import (
     OPEN_REVERSE_TUNNEL,
     OPEN_TUNNEL,
     AuthInterceptor,
@@ -60,70 +71,17 @@ from grpctunnel.auth import (
     TokenAuthority,
     decide,
 )
+from grpctunnel.gateway.method_kinds import MethodKinds
+from grpctunnel.gateway.proxy import CallObserver, ProxyHandler, Route, RouteError
+from grpctunnel.gateway.reflection import MergedReflection
+from grpctunnel.gateway.reflection_client import REFLECTION_V1, REFLECTION_V1ALPHA
 from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
-from grpctunnel.method_kinds import MethodKinds
 from grpctunnel.options import TunnelServiceHandlerOptions
-from grpctunnel.proxy import CallObserver, ProxyHandler, Route, RouteError
-from grpctunnel.reflection_client import reflect
-from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
+from grpctunnel.v1 import tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
 
-NAME_HEADER = "grpctunnel-name"
-SERVICES_HEADER = "grpctunnel-services"
-PIN_HEADER = "grpctunnel-tunnel"
-INSTANCE_HEADER = "grpctunnel-instance"
-SLOT_HEADER = "grpctunnel-slot"
-# in the status of a tunnel closed because a newer instance of its exposer took over
-TAKEN_OVER = "taken over by a newer instance"
-
 Refusal = tuple[grpc.StatusCode, str]
-
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
-HEALTH = "grpc.health.v1.Health"
-TUNNEL_SERVICE = "grpctunnel.v1.TunnelService"
-# services a backend may have that the gateway answers for itself
-GATEWAY_ANSWERS = frozenset({REFLECTION_V1, REFLECTION_V1ALPHA, HEALTH})
-
-
-def tunnel_name(tunnel: ReverseTunnel) -> str:
-    name = tunnel.metadata_value(NAME_HEADER)
-    return name if isinstance(name, str) and name else f"tunnel-{tunnel.id}"
-
-
-def tunnel_services(tunnel: ReverseTunnel) -> tuple[str, ...]:
-    return announced_services(tunnel.metadata)
-
-
-def announced_name(metadata: md.MetadataPairs) -> str:
-    """The tunnel name in tunnel open metadata ("" when none is announced)."""
-    value = md.first_value(metadata, NAME_HEADER)
-    return value if isinstance(value, str) else ""
-
-
-def announced_services(metadata: md.MetadataPairs) -> tuple[str, ...]:
-    """The services announced in tunnel open metadata."""
-    value = md.first_value(metadata, SERVICES_HEADER)
-    if not isinstance(value, str):
-        return ()
-    return tuple(s for s in (part.strip() for part in value.split(",")) if s)
-
-
-def announce_metadata(
-    name: str, services: Iterable[str], *, instance: str | None = None, slot: int | None = None
-) -> md.MetadataPairs:
-    """The tunnel open metadata an exposer sends: its name and services, and which
-    process (``instance``) and which of its tunnels (``slot``) this is."""
-    pairs: list[tuple[str, str | bytes]] = [
-        (NAME_HEADER, name),
-        (SERVICES_HEADER, ",".join(services)),
-    ]
-    if instance:
-        pairs.append((INSTANCE_HEADER, instance))
-        if slot is not None:
-            pairs.append((SLOT_HEADER, str(slot)))
-    return tuple(pairs)
 
 
 class Gateway:
@@ -166,7 +124,7 @@ class Gateway:
             self._route, observer=observer, drop_headers=frozenset({PIN_HEADER}), kinds=self.kinds
         )
         self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
-        self._reflection = _MergedReflection(self)
+        self._reflection = MergedReflection(self)
         self.health = HealthServicer()
         self._register(self.handler)
 
@@ -428,169 +386,4 @@ class _Guarded(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-class _MergedReflection:
-    """Server reflection over the gateway's own services and every exposed backend's.
-
-    v1 and v1alpha are the same messages in two packages, so one implementation with
-    the v1alpha classes serves both. Listing merges; a file or symbol is looked up
-    among the gateway's own descriptors first, then asked of the tunnels exposing it.
-    """
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._pool = descriptor_pool.DescriptorPool()
-        self._added: set[str] = set()
-        # Descriptor answers the tunnels gave, replayed when no tunnel can answer (its
-        # backend is down, or nothing exposes the service now), so that callers can still
-        # resolve the method and learn from the call why it is unavailable.
-        self._learned: dict[tuple[str, str], list[bytes]] = {}
-        for module in (tunnel_pb2, health_pb2, reflection_pb2):
-            self._add(module.DESCRIPTOR)
-
-    def _add(self, file: Any) -> None:
-        if file.name in self._added:
-            return
-        for dependency in file.dependencies:
-            self._add(dependency)
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        self._pool.Add(proto)
-        self._added.add(file.name)
-
-    def generic_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        handlers = {}
-        for service in (REFLECTION_V1, REFLECTION_V1ALPHA):
-            path = f"/{service}/ServerReflectionInfo"
-            handlers[service] = grpc.method_handlers_generic_handler(
-                service,
-                {
-                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                        self._stream_for(path),
-                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-                    )
-                },
-            )
-        return _Either(list(handlers.values()))
-
-    def _stream_for(self, path: str) -> Callable[[Any, Any], AsyncIterator[Any]]:
-        async def stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-            async for request in requests:
-                yield await self._answer(request, path)
-
-        return stream
-
-    async def _answer(self, request: Any, path: str) -> Any:
-        response = reflection_pb2.ServerReflectionResponse(
-            valid_host=request.host, original_request=request
-        )
-        kind = request.WhichOneof("message_request")
-        if kind == "list_services":
-            names = set(self._gateway.own_services()) | set(self._gateway.exposed())
-            response.list_services_response.service.extend(
-                reflection_pb2.ServiceResponse(name=n) for n in sorted(names)
-            )
-            return response
-        local = self._local(request, kind)
-        if local is not None:
-            response.file_descriptor_response.file_descriptor_proto.extend(local)
-            return response
-        remote = await self._ask_tunnels(request, kind, path)
-        key = _learnable(request, kind)
-        if remote is not None:
-            if key is not None and remote.HasField("file_descriptor_response"):
-                self._learned[key] = list(remote.file_descriptor_response.file_descriptor_proto)
-            return remote
-        if key is not None and key in self._learned:
-            response.file_descriptor_response.file_descriptor_proto.extend(self._learned[key])
-            return response
-        response.error_response.error_code = grpc.StatusCode.NOT_FOUND.value[0]
-        response.error_response.error_message = "not found"
-        return response
-
-    def _local(self, request: Any, kind: str | None) -> list[bytes] | None:
-        pool = self._pool
-        try:
-            if kind == "file_by_filename":
-                file = pool.FindFileByName(request.file_by_filename)
-            elif kind == "file_containing_symbol":
-                file = pool.FindFileContainingSymbol(request.file_containing_symbol)
-            else:
-                return None
-        except KeyError:
-            return None
-        out: list[bytes] = []
-        seen: set[str] = set()
-
-        def walk(f: Any) -> None:
-            if f.name in seen:
-                return
-            seen.add(f.name)
-            proto = descriptor_pb2.FileDescriptorProto()
-            f.CopyToProto(proto)
-            out.append(proto.SerializeToString())
-            for dependency in f.dependencies:
-                walk(dependency)
-
-        walk(file)
-        return out
-
-    async def _ask_tunnels(self, request: Any, kind: str | None, path: str) -> Any:
-        symbol = request.file_containing_symbol if kind == "file_containing_symbol" else ""
-        tunnels = self._gateway.tunnels()
-        # tunnels whose services own the symbol first, then the rest
-        tunnels.sort(key=lambda t: not any(symbol.startswith(s) for s in tunnel_services(t)))
-        for tunnel in tunnels:
-            answer = await _reflect(tunnel.channel, request, path)
-            if answer is not None and answer.WhichOneof("message_response") != "error_response":
-                return answer
-        return None
-
-
-def _learnable(request: Any, kind: str | None) -> tuple[str, str] | None:
-    """The key under which a descriptor answer to ``request`` is remembered, if any."""
-    if kind == "file_by_filename":
-        return (kind, request.file_by_filename)
-    if kind == "file_containing_symbol":
-        return (kind, request.file_containing_symbol)
-    return None
-
-
-class _Either(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
-    """The first of several generic handlers that knows the method."""
-
-    def __init__(self, handlers: list[Any]) -> None:
-        self._handlers = handlers
-
-    def service(self, handler_call_details: Any) -> Any:
-        for handler in self._handlers:
-            found = handler.service(handler_call_details)
-            if found is not None:
-                return found
-        return None
-
-
-async def _reflect(channel: grpc.aio.Channel, request: Any, path: str) -> Any:
-    """Asks one reflection question through a tunnel, by the version the caller used
-    first; None when it cannot be answered there."""
-    try:
-        return await reflect(channel, request, first=path)
-    except grpc.aio.AioRpcError as e:
-        log.debug("reflection through tunnel failed: %s", e.details())
-        return None
-
-
-__all__ = [
-    "INSTANCE_HEADER",
-    "NAME_HEADER",
-    "PIN_HEADER",
-    "SERVICES_HEADER",
-    "SLOT_HEADER",
-    "TAKEN_OVER",
-    "Gateway",
-    "announce_metadata",
-    "announced_name",
-    "announced_services",
-    "tunnel_name",
-    "tunnel_services",
-]
+__all__ = ["Gateway", "Refusal"]
