@@ -36,7 +36,7 @@ def demo(
 
     async def body() -> int:
         from grpctunnel import PendingChannel, TunnelServiceStub
-        from grpctunnel.gateway import Gateway
+        from grpctunnel.gateway import GatewayServer
         from grpctunnel.gateway.exposer import ExposeConfig, Exposer
         from grpctunnel_demo.service import start_demo_backend
         from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
@@ -50,11 +50,9 @@ def demo(
         backend, backend_port = await start_demo_backend()
         step(f"demo backend (grpctunnel.demo.v1.Echo) listening on 127.0.0.1:{backend_port}")
 
-        server = grpc.aio.server()
-        gateway = Gateway()
-        gateway.attach(server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        gateway_server = GatewayServer()
+        gateway = gateway_server.gateway
+        port = await gateway_server.start()
         step(f"tunnel server listening on 127.0.0.1:{port}")
 
         exposer = Exposer(
@@ -145,8 +143,7 @@ def demo(
             exposer.stop()
             await asyncio.gather(exposing, return_exceptions=True)
             await channel.close(None)
-            await gateway.shutdown(0)
-            await server.stop(0.5)
+            await gateway_server.stop()
             await backend.stop(0.5)
 
     run(body, renderer)

@@ -25,7 +25,7 @@ __all__ = ["serve"]
 log = logging.getLogger("grpctunnel")
 
 MIB = 1024 * 1024
-DEFAULT_MAX_STREAMS = 1000
+DEFAULT_MAX_STREAMS = 1000  # as grpctunnel.gateway.server.DEFAULT_MAX_STREAMS_PER_TUNNEL
 
 
 def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:
@@ -156,8 +156,7 @@ def serve(
     setup_logging(verbose)
 
     async def body() -> int:
-        from grpctunnel.gateway import Gateway
-        from grpctunnel.options import TunnelServiceHandlerOptions
+        from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
 
         authority = _authority(token, token_file)
         credentials = _server_credentials(tls_cert, tls_key, client_ca)
@@ -176,45 +175,27 @@ def serve(
             )
         elif authority is not None and credentials is None and not is_loopback(host):
             log.warning("tokens travel in clear text without TLS (--tls-cert/--tls-key)")
-        limit = max_message_mib * MIB
 
         def observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
             log.debug("call %s %s %.1f ms", method, code.name, seconds * 1000)
 
-        gateway = Gateway(
-            TunnelServiceHandlerOptions(
-                max_receive_message_length=limit,
-                max_send_message_length=limit,
-                max_concurrent_streams=max_streams,
-            ),
-            authority=authority,
-            observer=observe,
-        )
-        server = grpc.aio.server(
-            interceptors=gateway.interceptors(),
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                *keepalive.server_options(keepalive_interval, keepalive_timeout),
-            ],
-        )
-        gateway.attach(server)
-        address = (
-            f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        gateway_server = GatewayServer(
+            GatewaySettings(
+                host=host,
+                port=port,
+                credentials=credentials,
+                authority=authority,
+                max_message_length=max_message_mib * MIB,
+                max_streams_per_tunnel=max_streams,
+                keepalive_interval=keepalive_interval,
+                keepalive_timeout=keepalive_timeout,
+                observer=observe,
+            )
         )
         try:
-            if credentials is not None:
-                bound = server.add_secure_port(address, credentials)
-            else:
-                bound = server.add_insecure_port(address)
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise CliError(
-                f"cannot listen on {host}:{port}: the port is in use or the address is not this host's"
-            )
-        await server.start()
+            bound = await gateway_server.start()
+        except BindError as error:
+            raise CliError(str(error)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -234,8 +215,7 @@ def serve(
             await stop.wait()
         finally:
             log.info("shutting down: letting calls in flight finish (up to %gs)", grace)
-            await gateway.shutdown(grace)
-            await server.stop(1.0)
+            await gateway_server.stop(grace)
             log.info("stopped")
         return 0
 

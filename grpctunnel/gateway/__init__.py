@@ -29,6 +29,7 @@ from grpctunnel.gateway.announce import (
     tunnel_services,
 )
 from grpctunnel.gateway.gateway import Gateway
+from grpctunnel.gateway.server import BindError, GatewayServer, GatewaySettings
 
 __all__ = [
     "INSTANCE_HEADER",
@@ -37,7 +38,10 @@ __all__ = [
     "SERVICES_HEADER",
     "SLOT_HEADER",
     "TAKEN_OVER",
+    "BindError",
     "Gateway",
+    "GatewayServer",
+    "GatewaySettings",
     "announce_metadata",
     "announced_name",
     "announced_services",

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ log = logging.getLogger("grpctunnel")
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
+
+Refusal = tuple[grpc.StatusCode, str]
 
 OPEN_TUNNEL = f"/{TUNNEL_SERVICE}/OpenTunnel"
 OPEN_REVERSE_TUNNEL = f"/{TUNNEL_SERVICE}/OpenReverseTunnel"
@@ -255,9 +258,26 @@ def decide(
 
 def check(
     authority: TokenAuthority, method: str, pairs: Iterable[tuple[str, Any]] | None
-) -> tuple[grpc.StatusCode, str] | None:
+) -> Refusal | None:
     """Why a call of ``method`` with metadata ``pairs`` is refused, or None."""
     return decide(authority, method, pairs)[1]
+
+
+def first_refusal(*hooks: Callable[..., Refusal | None] | None) -> Callable[..., Refusal | None]:
+    """One hook that runs ``hooks`` (None ones skipped) in turn and returns the first
+    refusal: how the handler's ``accept_tunnel`` and ``authorize_call`` hooks compose."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) == 1:
+        return present[0]
+
+    def combined(*args: Any) -> Refusal | None:
+        for hook in present:
+            refusal = hook(*args)
+            if refusal is not None:
+                return refusal
+        return None
+
+    return combined
 
 
 def require_tokens(
@@ -275,29 +295,52 @@ def require_tokens(
 
     (:class:`~grpctunnel.gateway.Gateway` does this and more: names, limits.)
     """
-    earlier_accept, earlier_authorize = options.accept_tunnel, options.authorize_call
 
-    def accept_tunnel(
-        kind: str, metadata: md.MetadataPairs, peer: str
-    ) -> tuple[grpc.StatusCode, str] | None:
-        if earlier_accept is not None:
-            refusal = earlier_accept(kind, metadata, peer)
-            if refusal is not None:
-                return refusal
+    def accept_tunnel(kind: str, metadata: md.MetadataPairs, peer: str) -> Refusal | None:
         return check(authority, OPEN_REVERSE_TUNNEL if kind == "reverse" else OPEN_TUNNEL, metadata)
 
-    def authorize_call(
-        metadata: md.MetadataPairs, method: str
-    ) -> tuple[grpc.StatusCode, str] | None:
-        if earlier_authorize is not None:
-            refusal = earlier_authorize(metadata, method)
-            if refusal is not None:
-                return refusal
+    def authorize_call(metadata: md.MetadataPairs, method: str) -> Refusal | None:
         return check(authority, method, metadata)
 
-    options.accept_tunnel = accept_tunnel
-    options.authorize_call = authorize_call
+    options.accept_tunnel = first_refusal(options.accept_tunnel, accept_tunnel)
+    options.authorize_call = first_refusal(options.authorize_call, authorize_call)
     return options
+
+
+# The refusal (or None) already decided for the call being dispatched: set by whichever
+# of the interceptor and a guarded handler sees the call first, so that a call is judged
+# once however many of them stand in its way. grpc.aio dispatches a call's interceptors and
+# generic handlers in one task, so the value never leaks into another call's decision; it
+# is keyed by the call's HandlerCallDetails to be sure.
+_decided: ContextVar[tuple[object, Refusal | None] | None] = ContextVar(
+    "grpctunnel_auth_decided", default=None
+)
+
+
+def judge(authority: TokenAuthority, details: grpc.HandlerCallDetails) -> Refusal | None:
+    """Why the call described by ``details`` is refused, or None: decided once per
+    call, whether by :class:`AuthInterceptor`, by :class:`GuardedHandler`, or both."""
+    decided = _decided.get()
+    if decided is not None and decided[0] is details:
+        return decided[1]
+    method = details.method
+    refusal = check(authority, method, details.invocation_metadata)
+    _decided.set((details, refusal))
+    if refusal is not None:
+        # refused tunnels are worth an operator's attention; refused calls only in debug
+        level = logging.INFO if method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL) else logging.DEBUG
+        log.log(level, "refused %s: %s: %s", method, refusal[0].name, refusal[1])
+    return refusal
+
+
+def refusing_handler(refusal: Refusal) -> grpc.RpcMethodHandler[Any, Any]:
+    """A method handler that fails any call with ``refusal``'s status."""
+    code, details = refusal
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, details)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg]
@@ -320,19 +363,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-        refusal = check(self._authority, method, handler_call_details.invocation_metadata)
+        refusal = judge(self._authority, handler_call_details)
         if refusal is None:
             return await continuation(handler_call_details)
-        code, details = refusal
-        # refused tunnels are worth an operator's attention; refused calls only in debug
-        level = logging.INFO if method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL) else logging.DEBUG
-        log.log(level, "refused %s: %s: %s", method, code.name, details)
+        return refusing_handler(refusal)
 
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await context.abort(code, details)
 
-        return grpc.stream_stream_rpc_method_handler(refuse)
+class GuardedHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
+    """A generic handler whose calls are refused unless their token grants them: the
+    gateway's own handlers stay guarded on a server created without
+    :class:`AuthInterceptor`, and are judged only once on a server with it."""
+
+    def __init__(self, authority: TokenAuthority, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
+        self._authority = authority
+        self._inner = inner
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        found = self._inner.service(handler_call_details)
+        if found is None:
+            return None
+        refusal = judge(self._authority, handler_call_details)
+        return found if refusal is None else refusing_handler(refusal)
 
 
 __all__ = [
@@ -341,10 +394,15 @@ __all__ = [
     "AuthConfigError",
     "AuthInterceptor",
     "Grant",
+    "GuardedHandler",
+    "Refusal",
     "TokenAuthority",
     "bearer_metadata",
     "bearer_token",
     "check",
     "decide",
+    "first_refusal",
+    "judge",
+    "refusing_handler",
     "require_tokens",
 ]

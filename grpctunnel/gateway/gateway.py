@@ -41,6 +41,7 @@ slot, so the tunnels of one ``expose --tunnels N`` coexist.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -68,8 +69,11 @@ from grpctunnel.gateway.auth import (
     OPEN_TUNNEL,
     AuthInterceptor,
     Grant,
+    GuardedHandler,
+    Refusal,
     TokenAuthority,
     decide,
+    first_refusal,
 )
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.proxy import CallObserver, ProxyHandler, Route, RouteError
@@ -80,8 +84,6 @@ from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.v1 import tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
-
-Refusal = tuple[grpc.StatusCode, str]
 
 
 class Gateway:
@@ -95,7 +97,9 @@ class Gateway:
     documentation); the gateway enforces this on everything it attaches, and
     :meth:`interceptors` gives the interceptor that extends it to any other service on
     the same server. ``accept_tunnel`` / ``authorize_call`` hooks already in
-    ``options`` still run, before the gateway's own checks.
+    ``options`` still run, before the gateway's own checks, and so do
+    ``on_reverse_tunnel_open`` / ``on_reverse_tunnel_close``; the caller's ``options``
+    object itself is left as it was. The affinity key of a tunnel is its name.
     """
 
     def __init__(
@@ -107,16 +111,22 @@ class Gateway:
         on_tunnel_open: Callable[[ReverseTunnel], Any] | None = None,
         on_tunnel_close: Callable[[ReverseTunnel], Any] | None = None,
     ) -> None:
-        options = options or TunnelServiceHandlerOptions()
+        given = options or TunnelServiceHandlerOptions()
         self.authority = authority
-        self._on_open = on_tunnel_open
-        self._on_close = on_tunnel_close
-        options.on_reverse_tunnel_open = self._opened
-        options.on_reverse_tunnel_close = self._closed
-        options.affinity_key = tunnel_name
-        options.accept_tunnel = _first_refusal(options.accept_tunnel, self._accept_tunnel)
-        if authority is not None:
-            options.authorize_call = _first_refusal(options.authorize_call, self._authorize_call)
+        self._on_open = _both(given.on_reverse_tunnel_open, on_tunnel_open)
+        self._on_close = _both(given.on_reverse_tunnel_close, on_tunnel_close)
+        options = dataclasses.replace(
+            given,
+            on_reverse_tunnel_open=self._opened,
+            on_reverse_tunnel_close=self._closed,
+            affinity_key=tunnel_name,
+            accept_tunnel=first_refusal(given.accept_tunnel, self._accept_tunnel),
+            authorize_call=(
+                first_refusal(given.authorize_call, self._authorize_call)
+                if authority is not None
+                else given.authorize_call
+            ),
+        )
         self.handler = TunnelServiceHandler(options)
         # what kind each exposed method is, learnt by reflection through the tunnels
         self.kinds = MethodKinds(self._kinds_channel)
@@ -149,7 +159,7 @@ class Gateway:
         if direct and self.authority is not None:
             # calls straight to the server carry their own token; those inside a forward
             # tunnel are checked by authorize_call against the tunnel's
-            handlers = tuple(_Guarded(self.authority, h) for h in handlers)
+            handlers = tuple(GuardedHandler(self.authority, h) for h in handlers)
         target.add_generic_rpc_handlers(handlers)
 
     # -- who may do what ----------------------------------------------------------------
@@ -307,6 +317,20 @@ class Gateway:
         await self.handler.close()
 
 
+def _both(
+    first: Callable[[ReverseTunnel], Any] | None, second: Callable[[ReverseTunnel], Any] | None
+) -> Callable[[ReverseTunnel], Any] | None:
+    """A tunnel callback that calls ``first`` then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both(tunnel: ReverseTunnel) -> Any:
+        first(tunnel)
+        return second(tunnel)
+
+    return both
+
+
 def _replaced_by(
     metadata: md.MetadataPairs, name: str, same_name: list[TunnelRecord]
 ) -> list[tuple[TunnelRecord, grpc.StatusCode, str]]:
@@ -342,48 +366,4 @@ def _replaced_by(
     return out
 
 
-def _first_refusal(
-    *checks: Callable[[Any, Any, Any], Refusal | None]
-    | Callable[[Any, Any], Refusal | None]
-    | None,
-) -> Any:
-    """A hook that runs ``checks`` in turn and returns the first refusal."""
-    present = [c for c in checks if c is not None]
-    if len(present) == 1:
-        return present[0]
-
-    def combined(*args: Any) -> Refusal | None:
-        for check_ in present:
-            refusal = check_(*args)
-            if refusal is not None:
-                return refusal
-        return None
-
-    return combined
-
-
-class _Guarded(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
-    """A generic handler whose calls are refused unless their token grants them."""
-
-    def __init__(self, authority: TokenAuthority, inner: Any) -> None:
-        self._authority = authority
-        self._inner = inner
-
-    def service(self, handler_call_details: Any) -> Any:
-        found = self._inner.service(handler_call_details)
-        if found is None:
-            return None
-        _, refusal = decide(
-            self._authority, handler_call_details.method, handler_call_details.invocation_metadata
-        )
-        if refusal is None:
-            return found
-        code, details = refusal
-
-        async def refuse(requests: Any, context: Any) -> None:
-            await context.abort(code, details)
-
-        return grpc.stream_stream_rpc_method_handler(refuse)
-
-
-__all__ = ["Gateway", "Refusal"]
+__all__ = ["Gateway"]

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from support.processes import READY_TIMEOUT, Proc
 
-from grpctunnel.gateway import Gateway
+from grpctunnel.gateway import GatewayServer
 from grpctunnel.gateway.exposer import ExposeConfig, Exposer
 from grpctunnel_cli.rpc_status import FirstStatus, error_status
 from grpctunnel_demo.service import start_demo_backend
@@ -546,11 +546,9 @@ async def test_relay_keeps_the_status_of_an_abort_mid_stream() -> None:
     """The same, in process and many times over: the library's gateway, exposer and relay
     (the client side reads the status with the CLI's own grpc/grpc#36066 workaround)."""
     backend, backend_port = await start_demo_backend()
-    server = grpc.aio.server()
-    gateway = Gateway()
-    gateway.attach(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    gateway_server = GatewayServer()
+    gateway = gateway_server.gateway
+    port = await gateway_server.start()
     exposer = Exposer(
         ExposeConfig(backend=f"127.0.0.1:{backend_port}", server=f"127.0.0.1:{port}", name="x")
     )
@@ -580,6 +578,5 @@ async def test_relay_keeps_the_status_of_an_abort_mid_stream() -> None:
         exposer.stop()
         await asyncio.gather(exposing, return_exceptions=True)
         await channel.close(None)
-        await gateway.shutdown(0)
-        await server.stop(None)
+        await gateway_server.stop()
         await backend.stop(None)

@@ -8,8 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from grpctunnel import TunnelServiceHandlerOptions
-from grpctunnel.gateway import Gateway
+from grpctunnel.gateway import GatewayServer, GatewaySettings
 from grpctunnel.gateway.exposer import ExposeConfig, Exposer
 from grpctunnel_demo.service import EchoServicer, enable_reflection
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
@@ -26,13 +25,9 @@ async def test_large_message_through_gateway_and_exposer(expose_limit: int, ok: 
     enable_reflection(backend, [echo_pb2.DESCRIPTOR.services_by_name["Echo"]])
     backend_port = backend.add_insecure_port("127.0.0.1:0")
     await backend.start()
-    server = grpc.aio.server(options=OPTIONS)
-    gateway = Gateway(
-        TunnelServiceHandlerOptions(max_receive_message_length=LIMIT, max_send_message_length=LIMIT)
-    )
-    gateway.attach(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    gateway_server = GatewayServer(GatewaySettings(max_message_length=LIMIT))
+    gateway = gateway_server.gateway
+    port = await gateway_server.start()
     exposer = Exposer(
         ExposeConfig(
             backend=f"127.0.0.1:{backend_port}",
@@ -59,6 +54,5 @@ async def test_large_message_through_gateway_and_exposer(expose_limit: int, ok: 
         exposer.stop()
         await asyncio.gather(running, return_exceptions=True)
         await channel.close()
-        await gateway.shutdown(0)
-        await server.stop(None)
+        await gateway_server.stop()
         await backend.stop(None)

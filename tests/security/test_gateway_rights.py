@@ -23,7 +23,7 @@ from grpctunnel import (
     TunnelServiceStub,
     add_TunnelServiceServicer_to_server,
 )
-from grpctunnel.gateway import Gateway, announce_metadata
+from grpctunnel.gateway import Gateway, GatewayServer, GatewaySettings, announce_metadata
 from grpctunnel.gateway.auth import (
     AuthInterceptor,
     Grant,
@@ -56,11 +56,9 @@ def _authority() -> TokenAuthority:
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[Gateway, grpc.aio.Channel]]:
     """A gateway with tokens, and an agent exposing Echo and test.v1.Other through it."""
-    gateway = Gateway(authority=_authority())
-    server = grpc.aio.server(interceptors=gateway.interceptors())
-    gateway.attach(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    gateway_server = GatewayServer(GatewaySettings(authority=_authority()))
+    gateway = gateway_server.gateway
+    port = await gateway_server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     agent = ReverseTunnelServer(
         TunnelServiceStub(channel),
@@ -86,8 +84,7 @@ async def gateway() -> AsyncIterator[tuple[Gateway, grpc.aio.Channel]]:
     finally:
         await agent.stop()
         await channel.close()
-        await gateway.shutdown(0)
-        await server.stop(None)
+        await gateway_server.stop()
 
 
 async def _echo(channel: grpc.aio.Channel, metadata: Any = None) -> str:
@@ -236,3 +233,35 @@ async def test_a_plain_handler_with_require_tokens() -> None:
     finally:
         await channel.close()
         await server.stop(None)
+
+
+class _CountingAuthority(TokenAuthority):
+    """An authority that counts how often a token is looked up: once per decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def authenticate(self, pairs: Any) -> Grant | None:
+        self.lookups += 1
+        return super().authenticate(pairs)
+
+
+async def test_a_direct_call_is_judged_once() -> None:
+    """Auth is enforced at one point: on a gateway server with its interceptor and its
+    guarded handlers, a direct call's token is judged once, not once per guard."""
+    authority = _CountingAuthority()
+    authority.add("ops-t", Grant(name="ops"))
+    async with GatewayServer(GatewaySettings(authority=authority)) as gateway_server:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway_server.port}")
+        try:
+            before = authority.lookups
+            code, details = await _refused(_echo(channel, bearer_metadata("ops-t")))
+            assert code == grpc.StatusCode.UNAVAILABLE and "no tunnel exposes" in details
+            assert authority.lookups - before == 1
+            before = authority.lookups
+            code, _ = await _refused(_echo(channel, bearer_metadata("wrong")))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            assert authority.lookups - before == 1
+        finally:
+            await channel.close()

@@ -1,0 +1,158 @@
+"""A serving gateway, assembled: the one place that builds what ``grpctunnel serve`` runs.
+
+:class:`GatewayServer` creates the grpc.aio server with the gateway's options (message
+limits, keepalive, no port sharing) and interceptors (tokens), attaches the
+:class:`~grpctunnel.gateway.Gateway` (tunnel service, relaying, merged reflection,
+health), binds the address with or without TLS, and shuts down gracefully: new tunnels
+are refused, relayed calls get up to ``grace`` seconds, then the tunnels end. The
+command, the demo and the tests all start gateways through it::
+
+    async with GatewayServer(GatewaySettings(port=0)) as server:
+        print("listening on", server.address)
+        await server.wait_for_termination()
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import grpc
+
+from grpctunnel import keepalive
+from grpctunnel.gateway.auth import TokenAuthority
+from grpctunnel.gateway.gateway import Gateway
+from grpctunnel.gateway.proxy import CallObserver
+from grpctunnel.options import TunnelServiceHandlerOptions
+
+log = logging.getLogger("grpctunnel")
+
+MIB = 1024 * 1024
+DEFAULT_MAX_MESSAGE_LENGTH = 64 * MIB
+DEFAULT_MAX_STREAMS_PER_TUNNEL = 1000
+
+
+class BindError(OSError):
+    """The gateway cannot listen on the address it was given."""
+
+
+@dataclass
+class GatewaySettings:
+    """What a serving gateway is made of.
+
+    ``port`` 0 picks a free one (see :attr:`GatewayServer.port`). ``credentials`` makes
+    the port TLS; ``authority`` requires tokens of every tunnel and call.
+    ``max_message_length`` bounds each relayed message (both directions, every hop of
+    the server), ``max_streams_per_tunnel`` the calls one tunnel may have in progress.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    credentials: grpc.ServerCredentials | None = None
+    authority: TokenAuthority | None = None
+    max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+    max_streams_per_tunnel: int | None = DEFAULT_MAX_STREAMS_PER_TUNNEL
+    keepalive_interval: float = keepalive.DEFAULT_INTERVAL
+    keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
+    observer: CallObserver | None = None
+    extra_server_options: list[tuple[str, int | str]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as grpc wants it (IPv6 hosts in brackets)."""
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+
+class GatewayServer:
+    """A grpc.aio server serving a :class:`Gateway`, from start to graceful stop."""
+
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
+        self.settings = settings = settings or GatewaySettings()
+        limit = settings.max_message_length
+        self.gateway = Gateway(
+            TunnelServiceHandlerOptions(
+                max_receive_message_length=limit,
+                max_send_message_length=limit,
+                max_concurrent_streams=settings.max_streams_per_tunnel,
+            ),
+            authority=settings.authority,
+            observer=settings.observer,
+        )
+        self.server = grpc.aio.server(
+            interceptors=self.gateway.interceptors(),
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                *keepalive.server_options(settings.keepalive_interval, settings.keepalive_timeout),
+                *settings.extra_server_options,
+            ],
+        )
+        self.gateway.attach(self.server)
+        self.port = 0
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """Where callers reach the gateway, ``host:port`` (once started)."""
+        host = self.settings.host
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{shown}:{self.port}"
+
+    async def start(self) -> int:
+        """Binds and starts serving; returns the port. Raises :class:`BindError` when
+        the address cannot be listened on."""
+        settings = self.settings
+        try:
+            if settings.credentials is not None:
+                bound = self.server.add_secure_port(settings.address, settings.credentials)
+            else:
+                bound = self.server.add_insecure_port(settings.address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise BindError(
+                f"cannot listen on {settings.host}:{settings.port}: the port is in use or "
+                "the address is not this host's"
+            )
+        self.port = bound
+        await self.server.start()
+        return bound
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Refuses new tunnels, lets relayed calls finish for up to ``grace`` seconds,
+        then ends every tunnel (what is still in flight fails with UNAVAILABLE) and
+        stops the server. Calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.gateway.shutdown(grace)
+        await self.server.stop(1.0 if grace else None)
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+    async def __aenter__(self) -> GatewayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_LENGTH",
+    "DEFAULT_MAX_STREAMS_PER_TUNNEL",
+    "BindError",
+    "GatewayServer",
+    "GatewaySettings",
+]
