@@ -128,7 +128,10 @@ class PendingChannel:
         session = CallingSession(
             call,
             conn,
-            **opening.session_args(),
+            peer=opening.peer,
+            tunnel_metadata=opening.metadata,
+            binary_base64=opening.extended,
+            batch_frames=opening.batches,
             max_send_message_length=opts.max_send_message_length,
         )
         tunnel = _ForwardTunnel(session, call)
@@ -259,7 +262,10 @@ class ReverseTunnelServer:
         session = ServingSession(
             call,
             conn,
-            **opening.session_args(),
+            peer=opening.peer,
+            tunnel_metadata=opening.metadata,
+            binary_base64=opening.extended,
+            batch_frames=opening.batches,
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
         )

@@ -354,7 +354,10 @@ class TunnelServiceHandler:
         session = ServingSession(
             context,
             conn,
-            **opening.session_args(),
+            peer=opening.peer,
+            tunnel_metadata=opening.metadata,
+            binary_base64=opening.extended,
+            batch_frames=opening.batches,
             registry=self._registry,
             max_send_message_length=opts.max_send_message_length,
             authorize_call=opts.authorize_call,
@@ -396,7 +399,10 @@ class TunnelServiceHandler:
         session = CallingSession(
             context,
             conn,
-            **opening.session_args(),
+            peer=opening.peer,
+            tunnel_metadata=opening.metadata,
+            binary_base64=opening.extended,
+            batch_frames=opening.batches,
             max_send_message_length=opts.max_send_message_length,
         )
         await self._start_session(context, record, session)

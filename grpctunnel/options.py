@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpctunnel import metadata as md
 from grpctunnel.metadata import MetadataPairs
+from grpctunnel.opening import TunnelOpening as TunnelOpening  # re-exported: it lived here
 from grpctunnel.protocol import DEFAULT_WINDOW, GO_CHUNK_SIZE, SUPPORTED_REVISIONS
 
 if TYPE_CHECKING:
@@ -23,32 +23,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = 4 * 1024 * 1024  # gRPC's default receive limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
 EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RPC itself
-
-
-@dataclass(frozen=True)
-class TunnelOpening:
-    """What a tunnel's opening settled: the metadata the other side sent when the
-    tunnel RPC opened (its request headers, or its response headers), and who it is."""
-
-    metadata: MetadataPairs
-    peer: str
-
-    @property
-    def negotiated(self) -> bool:
-        return md.peer_negotiates(self.metadata)
-
-    @property
-    def extended(self) -> bool:
-        return md.peer_has_extensions(self.metadata)
-
-    def session_args(self) -> dict[str, Any]:
-        """The keyword arguments a session over this tunnel takes from its opening."""
-        return {
-            "peer": self.peer,
-            "tunnel_metadata": self.metadata,
-            "binary_base64": self.extended,
-            "batch_frames": md.peer_batches(self.metadata),
-        }
 
 
 @dataclass
