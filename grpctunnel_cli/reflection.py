@@ -1,11 +1,13 @@
 """Descriptors from a server's reflection service, and resolving user-given names against them.
 
-`DescriptorSource` talks gRPC server reflection over any `grpc.aio.Channel`, using only
-``channel.stream_stream`` so that it works the same over a tunnel channel. It asks
-``grpc.reflection.v1`` first and falls back to ``grpc.reflection.v1alpha`` when v1 is
-UNIMPLEMENTED (the two are the same protocol on the wire, so one set of message classes
-serves both). File descriptors, with their dependencies, go into a private
-`descriptor_pool.DescriptorPool`, never the process-wide default pool.
+`DescriptorSource` asks a server's reflection service its questions through the one
+reflection client, `grpctunnel.gateway.reflection_client.ask`, over any
+`grpc.aio.Channel` (a tunnel channel too): ``grpc.reflection.v1`` first, then
+``grpc.reflection.v1alpha`` when v1 is UNIMPLEMENTED; the version that answered is asked
+from then on. What goes wrong becomes the command's error: no reflection at all, a
+refusal of the caller (its status), any other failure. File descriptors, with their
+dependencies, go into a private `descriptor_pool.DescriptorPool`, never the process-wide
+default pool.
 
 Name resolution accepts full names (``pkg.Svc/Method``, ``pkg.Svc.Method``) and short
 forms (``Svc/Method``, ``v1.Svc.Method``) that match the end of a listed service's full
@@ -15,7 +17,7 @@ name at a dot boundary. A name that matches nothing or more than one thing raise
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 import grpc
@@ -30,12 +32,12 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
+from grpctunnel.gateway.reflection_client import V1, V1ALPHA, ask
 from grpctunnel_cli.errors import ReflectionError, ResolutionError, StatusError
 from grpctunnel_cli.metadata import Metadata
-from grpctunnel_cli.rpc_status import FirstStatus, error_status
+from grpctunnel_cli.rpc_status import error_status
 
 __all__ = [
-    "REFLECTION_METHODS",
     "DescriptorSource",
     "Symbol",
     "iter_types",
@@ -50,11 +52,8 @@ Symbol = ServiceDescriptor | MethodDescriptor | Descriptor | EnumDescriptor
 # the command ends with that status (64 + N), as the call itself would have.
 _REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
-# Protocol version -> method path; tried in this order.
-REFLECTION_METHODS: dict[str, str] = {
-    "v1": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "v1alpha": "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-}
+# The version each reflection method path speaks, as `reflection_version` tells it.
+_VERSIONS = {V1: "v1", V1ALPHA: "v1alpha"}
 
 
 # --- pure name matching -------------------------------------------------------------------
@@ -136,20 +135,11 @@ class _NotFound(Exception):
     """The server's reflection service answered NOT_FOUND (or another error response)."""
 
 
-class _RpcFailed(Exception):
-    """A reflection RPC ended with a non-OK status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
 class DescriptorSource:
     """Lists services and fetches descriptors from a server's reflection service.
 
-    One reflection RPC is made per question (a stream with one request and one reply), so
-    nothing is left open; `metadata` and `timeout` apply to each of those RPCs.
+    One reflection RPC is made per question (one request, the first reply), so nothing is
+    left open; `metadata` and `timeout` apply to each of those RPCs.
     """
 
     def __init__(
@@ -165,7 +155,7 @@ class DescriptorSource:
         self._pool = descriptor_pool.DescriptorPool()
         self._installed: set[str] = set()
         self._received: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-        self._version: str | None = None
+        self._path: str | None = None  # the reflection method that answered
         self._services: list[str] | None = None
 
     @property
@@ -176,61 +166,36 @@ class DescriptorSource:
     @property
     def reflection_version(self) -> str | None:
         """``"v1"`` or ``"v1alpha"`` once a reflection RPC has succeeded."""
-        return self._version
+        return _VERSIONS[self._path] if self._path else None
 
     # -- transport
-
-    async def _exchange(
-        self, path: str, request: reflection_pb2.ServerReflectionRequest
-    ) -> reflection_pb2.ServerReflectionResponse:
-        call = self._channel.stream_stream(
-            path,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-
-        async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
-            yield request
-
-        response: reflection_pb2.ServerReflectionResponse | None = None
-        running = call(requests(), metadata=self._metadata, timeout=self._timeout)
-        first_status = FirstStatus(running)  # an UNIMPLEMENTED v1 can turn INTERNAL otherwise
-        try:
-            async for reply in running:
-                if response is None:
-                    response = reply
-        except grpc.RpcError as error:
-            code, details, _ = error_status(error, first_status)
-            raise _RpcFailed(code, details) from None
-        if response is None:
-            raise ReflectionError("the server's reflection service sent no reply")
-        return response
 
     async def _ask(
         self, request: reflection_pb2.ServerReflectionRequest
     ) -> reflection_pb2.ServerReflectionResponse:
-        versions = [self._version] if self._version else list(REFLECTION_METHODS)
-        for version in versions:
-            try:
-                response = await self._exchange(REFLECTION_METHODS[version], request)
-            except _RpcFailed as failure:
-                code, details = failure.code, failure.details
-                if code is grpc.StatusCode.UNIMPLEMENTED:
-                    if version != versions[-1]:
-                        continue
-                    tried = " and ".join(f"grpc.reflection.{v}" for v in versions)
-                    raise ReflectionError(
-                        f"the server does not offer reflection (tried {tried}; "
-                        f"UNIMPLEMENTED: {details})"
-                    ) from None
-                if code in _REFUSALS:
-                    raise StatusError(code, details) from None
-                raise ReflectionError(f"server reflection failed: {code.name}: {details}") from None
-            self._version = version
-            if response.HasField("error_response"):
-                raise _NotFound(response.error_response.error_message)
-            return response
-        raise AssertionError("unreachable")
+        paths = (self._path,) if self._path else (V1, V1ALPHA)
+        try:
+            answer = await ask(
+                self._channel, request, paths=paths, metadata=self._metadata, timeout=self._timeout
+            )
+        except grpc.RpcError as error:
+            code, details, _ = error_status(error)
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                tried = " and ".join(f"grpc.reflection.{_VERSIONS[path]}" for path in paths)
+                raise ReflectionError(
+                    f"the server does not offer reflection (tried {tried}; "
+                    f"UNIMPLEMENTED: {details})"
+                ) from None
+            if code in _REFUSALS:
+                raise StatusError(code, details) from None
+            raise ReflectionError(f"server reflection failed: {code.name}: {details}") from None
+        if answer is None:
+            raise ReflectionError("the server's reflection service sent no reply")
+        self._path = answer[0]
+        response: reflection_pb2.ServerReflectionResponse = answer[1]
+        if response.HasField("error_response"):
+            raise _NotFound(response.error_response.error_message)
+        return response
 
     # -- files
 

@@ -10,6 +10,7 @@ their messages are the same, so the v1alpha classes serve both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -25,14 +26,22 @@ V1 = f"/{REFLECTION_V1}/ServerReflectionInfo"
 V1ALPHA = f"/{REFLECTION_V1ALPHA}/ServerReflectionInfo"
 
 
-async def reflect(
-    channel: grpc.aio.Channel, request: Any, *, timeout: float = 10.0, first: str | None = None
-) -> Any:
-    """The first response to ``request`` (a ``ServerReflectionRequest``), trying
-    ``first`` (default v1), then the other version. None if the server answered with no
-    response at all; raises the ``AioRpcError`` of the last try when no version is
-    offered (UNIMPLEMENTED) or the call failed otherwise."""
-    paths = [V1ALPHA, V1] if first == V1ALPHA else [V1, V1ALPHA]
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+async def ask(
+    channel: grpc.aio.Channel,
+    request: Any,
+    *,
+    paths: Sequence[str] = (V1, V1ALPHA),
+    metadata: Metadata = (),
+    timeout: float | None = 10.0,
+) -> tuple[str, Any] | None:
+    """The first response to ``request`` (a ``ServerReflectionRequest``) and the path
+    (the version) that gave it, trying ``paths`` in order: a path answering UNIMPLEMENTED,
+    or with no response at all, passes the question on to the next. None if no path
+    answered with a response; raises the ``AioRpcError`` of the last try when no version
+    is offered (UNIMPLEMENTED) or the call failed otherwise."""
     last: grpc.aio.AioRpcError | None = None
     for path in paths:
         multicallable: Any = channel.unary_stream(
@@ -40,7 +49,7 @@ async def reflect(
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
             response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
-        call = multicallable(request, timeout=timeout)
+        call = multicallable(request, timeout=timeout, metadata=tuple(metadata) or None)
         try:
             response = await call.read()
         except grpc.aio.AioRpcError as e:
@@ -52,10 +61,27 @@ async def reflect(
             call.cancel()
         if response is EOF:
             continue
-        return response
+        return path, response
     if last is not None:
         raise last
     return None
+
+
+async def reflect(
+    channel: grpc.aio.Channel,
+    request: Any,
+    *,
+    timeout: float = 10.0,
+    first: str | None = None,
+    metadata: Metadata = (),
+) -> Any:
+    """The first response to ``request`` (a ``ServerReflectionRequest``), trying
+    ``first`` (default v1), then the other version. None if the server answered with no
+    response at all; raises the ``AioRpcError`` of the last try when no version is
+    offered (UNIMPLEMENTED) or the call failed otherwise."""
+    paths = (V1ALPHA, V1) if first == V1ALPHA else (V1, V1ALPHA)
+    answer = await ask(channel, request, paths=paths, metadata=metadata, timeout=timeout)
+    return None if answer is None else answer[1]
 
 
 __all__ = [
@@ -64,5 +90,7 @@ __all__ = [
     "REFLECTION_V1ALPHA",
     "V1",
     "V1ALPHA",
+    "Metadata",
+    "ask",
     "reflect",
 ]
