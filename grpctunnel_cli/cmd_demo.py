@@ -25,11 +25,18 @@ __all__ = ["demo"]
 
 def demo(
     calls: Annotated[
-        int, typer.Option("--calls", min=1, max=100_000, help="How many unary calls to time.")
+        int,
+        typer.Option(
+            "--calls", min=1, max=100_000, metavar="N", help="How many unary calls to time."
+        ),
     ] = 200,
 ) -> None:
-    """Run a tunnel server, a demo backend and an exposer in this process, and call the
-    backend through the tunnel with every kind of call."""
+    """See it work: server, backend and exposer in one process.
+
+    Runs a tunnel server, the demo backend and an exposer in this process, calls the
+    backend through the tunnel with every kind of call, and shows the commands that do
+    the same by hand.
+    """
     renderer = Renderer()
     console = Console(highlight=False)
     logging.getLogger("grpctunnel").setLevel(logging.WARNING)

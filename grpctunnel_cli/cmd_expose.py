@@ -1,10 +1,12 @@
 """The `expose` command: publish a local gRPC backend through reverse tunnels to a
-tunnel server (ssh -R for gRPC)."""
+tunnel server (ssh -R for gRPC), and keep them up.
+
+It reads the options into an `ExposeConfig`, refuses at once TLS settings that cannot
+work, and runs the `Exposer` until signalled; on a terminal a live table shows its state.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import socket
 from typing import Annotated
 
@@ -13,91 +15,117 @@ from rich.live import Live
 from rich.table import Table
 
 from grpctunnel import keepalive
-from grpctunnel_cli.command import ConnectTimeoutOption, VerboseOption, run
+from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, ExposeStats
+from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
+from grpctunnel_cli.command import DEFAULT_CONNECT_TIMEOUT, on_stop_signal, run
 from grpctunnel_cli.connect import open_channel, wait_until_ready
 from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError
 from grpctunnel_cli.logs import setup_logging
-from grpctunnel_cli.render import Renderer
-from grpctunnel_cli.security import (
+from grpctunnel_cli.options import (
+    CONNECTION,
     CaCertOption,
     CertOption,
-    ClientSecurity,
+    ConnectTimeoutOption,
+    KeepaliveIntervalOption,
+    KeepaliveTimeoutOption,
     KeyOption,
+    MaxMessageMibOption,
     TlsOption,
     TokenFileOption,
     TokenOption,
-    client_security,
+    verbose_option,
 )
+from grpctunnel_cli.render import Renderer
+from grpctunnel_cli.security import ClientSecurity, client_security
 
 __all__ = ["expose"]
+
+MIB = 1024 * 1024
+EXPOSING = "Exposing"
 
 
 def expose(
     backend: Annotated[
         str,
         typer.Argument(
-            help="The local backend, host:port (e.g. localhost:9000).", show_default=False
+            metavar="BACKEND",
+            help="The local backend, host:port (e.g. localhost:9000).",
+            show_default=False,
         ),
     ],
     to: Annotated[
-        str, typer.Option("--to", help="The tunnel server, host:port.", show_default=False)
+        str,
+        typer.Option(
+            "--to",
+            metavar="HOST:PORT",
+            help="The tunnel server.",
+            show_default=False,
+            rich_help_panel=CONNECTION,
+        ),
     ],
+    connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
+    backoff_cap: Annotated[
+        float,
+        typer.Option(
+            "--max-backoff",
+            min=0.1,
+            metavar="SECONDS",
+            help="Longest wait between reconnection attempts.",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = 10.0,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="The name callers can pin calls to (default: HOST/BACKEND)."),
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="The name callers can pin calls to (default: HOST/BACKEND).",
+            rich_help_panel=EXPOSING,
+        ),
     ] = None,
     service: Annotated[
         list[str] | None,
         typer.Option(
             "--service",
+            metavar="SERVICE",
             help="A service to announce (repeatable); default: the backend's, by reflection.",
+            rich_help_panel=EXPOSING,
         ),
     ] = None,
     tunnels: Annotated[
-        int, typer.Option("--tunnels", min=1, max=64, help="Tunnels to keep open, for concurrency.")
-    ] = 1,
-    backoff_cap: Annotated[
-        float,
+        int,
         typer.Option(
-            "--max-backoff", min=0.1, help="Longest wait between reconnection attempts, in seconds."
+            "--tunnels",
+            min=1,
+            max=64,
+            metavar="N",
+            help="Tunnels to keep open, for concurrency.",
+            rich_help_panel=EXPOSING,
         ),
-    ] = 10.0,
-    connect_timeout: ConnectTimeoutOption = 10.0,
-    max_message_mib: Annotated[
-        int, typer.Option("--max-message-mib", min=1, help="Largest message relayed, in MiB.")
-    ] = 64,
+    ] = 1,
     token: TokenOption = None,
     token_file: TokenFileOption = None,
     tls: TlsOption = False,
     ca_cert: CaCertOption = None,
     cert: CertOption = None,
     key: KeyOption = None,
-    keepalive_interval: Annotated[
-        float,
-        typer.Option(
-            "--keepalive-interval",
-            min=0.1,
-            help="Seconds between keepalive pings to the server.",
-        ),
-    ] = keepalive.DEFAULT_INTERVAL,
-    keepalive_timeout: Annotated[
-        float,
-        typer.Option(
-            "--keepalive-timeout",
-            min=0.1,
-            help="Seconds without a ping answer before the connection is given up and redialled.",
-        ),
-    ] = keepalive.DEFAULT_TIMEOUT,
-    verbose: VerboseOption = False,
+    max_message_mib: MaxMessageMibOption = DEFAULT_MAX_MESSAGE_LENGTH // MIB,
+    keepalive_interval: KeepaliveIntervalOption = keepalive.DEFAULT_INTERVAL,
+    keepalive_timeout: KeepaliveTimeoutOption = keepalive.DEFAULT_TIMEOUT,
+    verbose: Annotated[
+        bool, verbose_option("Also log one line per relayed call (method, status, time).")
+    ] = False,
 ) -> None:
-    """Expose BACKEND through reverse tunnels to the server given with --to, and keep
-    them up: reconnects with backoff when the server goes away."""
+    """Publish a local backend through reverse tunnels to a server.
+
+    Exposes BACKEND through reverse tunnels to the tunnel server given with --to, and
+    keeps them up: reconnects with backoff when the server goes away. Logs go to stderr;
+    on a terminal, a live table shows the tunnels and calls.
+    """
     renderer = Renderer()
     console = setup_logging(verbose)
 
     async def body() -> int:
-        from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, ExposeStats
-
         security = client_security(
             token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
         )
@@ -114,33 +142,25 @@ def expose(
             server_credentials=security.credentials(),
             keepalive_interval=keepalive_interval,
             keepalive_timeout=keepalive_timeout,
-            max_message_length=max_message_mib * 1024 * 1024,
+            max_message_length=max_message_mib * MIB,
         )
         live: Live | None = None
 
+        def status() -> Table:
+            return _status_table(config, exposer.stats)
+
         def on_change(stats: ExposeStats) -> None:
             if live is not None:
-                live.update(_status_table(config.name, backend, to, tunnels, stats))
+                live.update(status())
 
         exposer = Exposer(config, on_change=on_change)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, exposer.stop)
-            except (NotImplementedError, RuntimeError):
-                pass
         try:
-            if console.is_terminal:
-                with Live(
-                    _status_table(config.name, backend, to, tunnels, exposer.stats),
-                    console=console,
-                    refresh_per_second=4,
-                    transient=False,
-                ) as live_display:
-                    live = live_display
+            with on_stop_signal(exposer.stop):
+                if console.is_terminal:
+                    with Live(status(), console=console, refresh_per_second=4) as live:
+                        await exposer.run()
+                else:
                     await exposer.run()
-            else:
-                await exposer.run()
         except ExposeError as e:
             message = str(e)
             if "UNAUTHENTICATED" in message:
@@ -166,20 +186,19 @@ async def _check_tls(server: str, security: ClientSecurity, timeout: float) -> N
         await channel.close(None)
 
 
-def _status_table(name: str, backend: str, server: str, wanted: int, stats: object) -> Table:
+def _status_table(config: ExposeConfig, stats: ExposeStats) -> Table:
+    """The live view: what is exposed where, the tunnels up, the calls relayed."""
     table = Table(show_header=False, box=None, padding=(0, 1))
-    state = getattr(stats, "state", "")
-    color = {"connected": "green", "reconnecting": "yellow"}.get(state, "cyan")
-    table.add_row("expose", f"{backend} → {server} as [bold]{name}[/]")
+    color = {"connected": "green", "reconnecting": "yellow"}.get(stats.state, "cyan")
+    table.add_row("expose", f"{config.backend} → {config.server} as [bold]{config.name}[/]")
     table.add_row(
-        "state", f"[{color}]{state}[/] ({getattr(stats, 'tunnels_up', 0)}/{wanted} tunnels up)"
+        "state", f"[{color}]{stats.state}[/] ({stats.tunnels_up}/{config.tunnels} tunnels up)"
     )
     table.add_row(
         "calls",
-        f"{getattr(stats, 'calls_in_flight', 0)} in flight, {getattr(stats, 'calls_total', 0)} done, "
-        f"{getattr(stats, 'calls_failed', 0)} failed",
+        f"{stats.calls_in_flight} in flight, {stats.calls_total} done, "
+        f"{stats.calls_failed} failed",
     )
-    error = getattr(stats, "last_error", "")
-    if error:
-        table.add_row("last error", f"[red]{error}[/]")
+    if stats.last_error:
+        table.add_row("last error", f"[red]{stats.last_error}[/]")
     return table

@@ -1,11 +1,14 @@
-"""The `serve` command: a tunnel server that is also a gateway to exposed services."""
+"""The `serve` command: a tunnel server that is also a gateway to exposed services.
+
+It reads the options into `GatewaySettings` (the tokens and TLS to require, refusing an
+open server on a reachable address), runs a `GatewayServer` until signalled, then stops
+it gracefully.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +16,24 @@ import grpc
 import typer
 
 from grpctunnel import keepalive
+from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
 from grpctunnel.gateway.auth import AuthConfigError, TokenAuthority
-from grpctunnel_cli.command import VerboseOption, run
+from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH, DEFAULT_MAX_STREAMS_PER_TUNNEL
+from grpctunnel_cli.command import run, until_signalled
 from grpctunnel_cli.errors import CliError, UsageError
 from grpctunnel_cli.logs import setup_logging
+from grpctunnel_cli.options import (
+    LIMITS,
+    LISTENING,
+    SECURITY,
+    HostOption,
+    KeepaliveIntervalOption,
+    KeepaliveTimeoutOption,
+    MaxMessageMibOption,
+    PortOption,
+    switch,
+    verbose_option,
+)
 from grpctunnel_cli.render import Renderer
 from grpctunnel_cli.security import TOKEN_ENV, is_loopback, read_file
 
@@ -25,7 +42,153 @@ __all__ = ["serve"]
 log = logging.getLogger("grpctunnel")
 
 MIB = 1024 * 1024
-DEFAULT_MAX_STREAMS = 1000  # as grpctunnel.gateway.server.DEFAULT_MAX_STREAMS_PER_TUNNEL
+
+
+def serve(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 50051,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            metavar="SECONDS",
+            help="On Ctrl-C or SIGTERM, time to let calls in flight finish.",
+            rich_help_panel=LISTENING,
+        ),
+    ] = 10.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help=f"Require this bearer token of every tunnel and call (default: ${TOKEN_ENV}).",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="Require a token from this file: one token, or JSON with a token per "
+            "credential and its rights (see README, Security).",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            metavar="FILE",
+            help="Serve TLS with this certificate (PEM).",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            metavar="FILE",
+            help="Private key (PEM) of --tls-cert.",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-ca",
+            metavar="FILE",
+            help="Mutual TLS: require client certificates signed by this CA (PEM).",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None,
+    allow_insecure: Annotated[
+        bool,
+        switch(
+            "--allow-insecure",
+            help="Listen on a non-loopback address with neither TLS nor a token.",
+            panel=SECURITY,
+        ),
+    ] = False,
+    max_message_mib: MaxMessageMibOption = DEFAULT_MAX_MESSAGE_LENGTH // MIB,
+    max_streams: Annotated[
+        int,
+        typer.Option(
+            "--max-streams-per-tunnel",
+            min=1,
+            metavar="N",
+            help="Calls one forward tunnel may have in progress at once; beyond, "
+            "RESOURCE_EXHAUSTED.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = DEFAULT_MAX_STREAMS_PER_TUNNEL,
+    keepalive_interval: KeepaliveIntervalOption = keepalive.DEFAULT_INTERVAL,
+    keepalive_timeout: KeepaliveTimeoutOption = keepalive.DEFAULT_TIMEOUT,
+    verbose: Annotated[
+        bool,
+        verbose_option(
+            "Also log one line per relayed call (method, status, time), and reverse "
+            "tunnels opening and closing."
+        ),
+    ] = False,
+) -> None:
+    """Run a tunnel server, the gateway to exposed backends.
+
+    Accepts forward and reverse tunnels, and routes each call for a service exposed
+    through a reverse tunnel (`grpctunnel expose`) to it. Serves reflection (merged
+    across every exposed backend) and health. Logs go to stderr.
+    """
+    renderer = Renderer()
+    setup_logging(verbose)
+
+    async def body() -> int:
+        authority = _authority(token, token_file)
+        credentials = _server_credentials(tls_cert, tls_key, client_ca)
+        _check_exposure(host, credentials, authority, allow_insecure)
+        server = GatewayServer(
+            GatewaySettings(
+                host=host,
+                port=port,
+                credentials=credentials,
+                authority=authority,
+                max_message_length=max_message_mib * MIB,
+                max_streams_per_tunnel=max_streams,
+                keepalive_interval=keepalive_interval,
+                keepalive_timeout=keepalive_timeout,
+                observer=_log_call,
+            )
+        )
+        try:
+            await server.start()
+        except BindError as error:
+            raise CliError(str(error)) from None
+
+        def listening() -> None:
+            tls = "mutual TLS" if client_ca else "TLS"
+            security = tls if credentials is not None else "plaintext"
+            tokens = "tokens required" if authority is not None else "no token required"
+            log.info("tunnel server listening on %s (%s, %s)", server.address, security, tokens)
+
+        async def stop() -> None:
+            log.info("shutting down: letting calls in flight finish (up to %gs)", grace)
+            await server.stop(grace)
+            log.info("stopped")
+
+        await until_signalled(stop, ready=listening)
+        return 0
+
+    run(body, renderer)
+
+
+def _log_call(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    """With -v, one line per relayed call."""
+    log.debug("call %s %s %.1f ms", method, code.name, seconds * 1000)
 
 
 def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:
@@ -52,6 +215,7 @@ def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | N
 def _server_credentials(
     cert: Path | None, key: Path | None, client_ca: Path | None
 ) -> grpc.ServerCredentials | None:
+    """TLS to serve with (mutual with --client-ca); None for plaintext."""
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if cert is None or key is None:
@@ -66,157 +230,28 @@ def _server_credentials(
     )
 
 
-def serve(
-    port: Annotated[
-        int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on; 0 picks one.")
-    ] = 50051,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    grace: Annotated[
-        float,
-        typer.Option(
-            "--grace", min=0, help="On Ctrl-C or SIGTERM, seconds to let calls in flight finish."
-        ),
-    ] = 10.0,
-    max_message_mib: Annotated[
-        int, typer.Option("--max-message-mib", min=1, help="Largest message relayed, in MiB.")
-    ] = 64,
-    max_streams: Annotated[
-        int,
-        typer.Option(
-            "--max-streams-per-tunnel",
-            min=1,
-            help="Calls one forward tunnel may have in progress at once; beyond, "
-            "RESOURCE_EXHAUSTED.",
-        ),
-    ] = DEFAULT_MAX_STREAMS,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            help=f"Require this bearer token of every tunnel and call (default: ${TOKEN_ENV}).",
-            show_default=False,
-        ),
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--token-file",
-            help="Require a token from this file: one token, or JSON with a token per "
-            "credential and its rights (see README, Security).",
-            show_default=False,
-        ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None,
-        typer.Option(
-            "--tls-cert", help="Serve TLS with this certificate (PEM).", show_default=False
-        ),
-    ] = None,
-    tls_key: Annotated[
-        Path | None,
-        typer.Option("--tls-key", help="Private key (PEM) of --tls-cert.", show_default=False),
-    ] = None,
-    client_ca: Annotated[
-        Path | None,
-        typer.Option(
-            "--client-ca",
-            help="Mutual TLS: require client certificates signed by this CA (PEM).",
-            show_default=False,
-        ),
-    ] = None,
-    allow_insecure: Annotated[
-        bool,
-        typer.Option(
-            "--allow-insecure",
-            help="Listen on a non-loopback address with neither TLS nor a token.",
-        ),
-    ] = False,
-    keepalive_interval: Annotated[
-        float,
-        typer.Option(
-            "--keepalive-interval",
-            min=0.1,
-            help="Seconds between keepalive pings on each connection.",
-        ),
-    ] = keepalive.DEFAULT_INTERVAL,
-    keepalive_timeout: Annotated[
-        float,
-        typer.Option(
-            "--keepalive-timeout",
-            min=0.1,
-            help="Seconds without a ping answer before a connection (and its tunnels) is given up.",
-        ),
-    ] = keepalive.DEFAULT_TIMEOUT,
-    verbose: VerboseOption = False,
+def _check_exposure(
+    host: str,
+    credentials: grpc.ServerCredentials | None,
+    authority: TokenAuthority | None,
+    allow_insecure: bool,
 ) -> None:
-    """Run a tunnel server: accepts forward and reverse tunnels, and routes calls for
-    services exposed through reverse tunnels (`grpctunnel expose`) to them. Serves
-    reflection (merged across every exposed backend) and health."""
-    renderer = Renderer()
-    setup_logging(verbose)
-
-    async def body() -> int:
-        from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
-
-        authority = _authority(token, token_file)
-        credentials = _server_credentials(tls_cert, tls_key, client_ca)
-        if not is_loopback(host) and credentials is None and authority is None:
-            if not allow_insecure:
-                raise UsageError(
-                    f"refusing to listen on {host} with neither TLS nor a token: anyone who "
-                    "can reach it could expose services through it and call every exposed "
-                    "backend. Add --tls-cert/--tls-key, --token/--token-file (or "
-                    f"${TOKEN_ENV}), or --allow-insecure if the network itself is trusted."
-                )
-            log.warning(
-                "listening on %s with neither TLS nor a token (--allow-insecure): "
-                "anyone who can reach it can use it",
-                host,
+    """Refuses to listen where others can reach a server with neither TLS nor a token
+    (unless --allow-insecure), and warns of tokens sent in clear text."""
+    if is_loopback(host):
+        return
+    if credentials is None and authority is None:
+        if not allow_insecure:
+            raise UsageError(
+                f"refusing to listen on {host} with neither TLS nor a token: anyone who "
+                "can reach it could expose services through it and call every exposed "
+                "backend. Add --tls-cert/--tls-key, --token/--token-file (or "
+                f"${TOKEN_ENV}), or --allow-insecure if the network itself is trusted."
             )
-        elif authority is not None and credentials is None and not is_loopback(host):
-            log.warning("tokens travel in clear text without TLS (--tls-cert/--tls-key)")
-
-        def observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
-            log.debug("call %s %s %.1f ms", method, code.name, seconds * 1000)
-
-        gateway_server = GatewayServer(
-            GatewaySettings(
-                host=host,
-                port=port,
-                credentials=credentials,
-                authority=authority,
-                max_message_length=max_message_mib * MIB,
-                max_streams_per_tunnel=max_streams,
-                keepalive_interval=keepalive_interval,
-                keepalive_timeout=keepalive_timeout,
-                observer=observe,
-            )
+        log.warning(
+            "listening on %s with neither TLS nor a token (--allow-insecure): "
+            "anyone who can reach it can use it",
+            host,
         )
-        try:
-            bound = await gateway_server.start()
-        except BindError as error:
-            raise CliError(str(error)) from None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, stop.set)
-            except (NotImplementedError, RuntimeError):
-                pass
-        shown = f"[{host}]" if ":" in host else host
-        log.info(
-            "tunnel server listening on %s:%d (%s, %s)",
-            shown,
-            bound,
-            ("mutual TLS" if client_ca else "TLS") if credentials is not None else "plaintext",
-            "tokens required" if authority is not None else "no token required",
-        )
-        try:
-            await stop.wait()
-        finally:
-            log.info("shutting down: letting calls in flight finish (up to %gs)", grace)
-            await gateway_server.stop(grace)
-            log.info("stopped")
-        return 0
-
-    run(body, renderer)
+    elif authority is not None and credentials is None:
+        log.warning("tokens travel in clear text without TLS (--tls-cert/--tls-key)")

@@ -1,38 +1,37 @@
-"""What every command shares: common option types, exit codes, and running an async body.
+"""What every command shares to run: exit codes, its async body, and stopping on a signal.
 
 `run` executes a command's coroutine and turns the outcome into the process exit status,
 rendering a `CliError` as one ``ERROR:`` line (never a traceback). Commands return 0 or the
-status-derived code (64 + gRPC status) themselves.
+status-derived code (64 + gRPC status) themselves. The commands that serve until told to
+stop (serve, expose, demo-backend) catch SIGINT and SIGTERM with `on_stop_signal`, or wait
+for them with `until_signalled`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import typer
 
-from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
 from grpctunnel_cli.errors import CliError
 from grpctunnel_cli.render import Renderer
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_REFLECTION_TIMEOUT",
-    "DEFAULT_SERVER",
     "EXIT_CODES_HELP",
     "EXIT_LOCAL_FAILURE",
     "EXIT_OK",
-    "ConnectTimeoutOption",
-    "HeaderOption",
-    "ServerOption",
-    "TimeoutOption",
-    "VerboseOption",
     "check_timeout",
+    "on_stop_signal",
     "run",
+    "until_signalled",
 ]
 
 EXIT_OK = 0
@@ -49,49 +48,7 @@ EXIT_CODES_HELP = (
     "(e.g. 69 for NOT_FOUND, 68 for DEADLINE_EXCEEDED)."
 )
 
-ServerOption = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        "-s",
-        envvar=SERVER_ENV,
-        show_envvar=True,
-        help="Server address, host:port.",
-    ),
-]
-HeaderOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--header",
-        "-H",
-        help="Request metadata 'key: value' (repeatable; base64 value for keys ending -bin). "
-        "Also sent on reflection requests.",
-        show_default=False,
-    ),
-]
-TimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        "--timeout",
-        help="Deadline for the call, in seconds.",
-        show_default=False,
-    ),
-]
-ConnectTimeoutOption = Annotated[
-    float,
-    typer.Option(
-        "--connect-timeout",
-        help="Give up when no connection is made within this many seconds.",
-    ),
-]
-VerboseOption = Annotated[
-    bool,
-    typer.Option(
-        "--verbose",
-        "-v",
-        help="Show request and response metadata, trailers and timing on stderr.",
-    ),
-]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_timeout(value: float | None, option: str) -> None:
@@ -122,3 +79,43 @@ def run(body: Callable[[], Coroutine[Any, Any, int]], renderer: Renderer) -> NoR
         _silence_stdout()
         code = EXIT_BROKEN_PIPE
     raise typer.Exit(code)
+
+
+@contextmanager
+def on_stop_signal(handler: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM (Ctrl-C, a service manager stopping the command)
+    call ``handler`` instead of ending the process; leaving gives them back the handling
+    they had. Where the running loop cannot catch signals, nothing changes."""
+    loop = asyncio.get_running_loop()
+    caught: list[tuple[signal.Signals, Any]] = []
+    try:
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, handler)
+            except (NotImplementedError, RuntimeError):  # not on this platform or thread
+                continue
+            caught.append((signum, previous))
+        yield
+    finally:
+        for signum, previous in caught:
+            loop.remove_signal_handler(signum)
+            if previous is not None:
+                signal.signal(signum, previous)
+
+
+async def until_signalled(
+    stop: Callable[[], Awaitable[object]], *, ready: Callable[[], None] | None = None
+) -> None:
+    """The run loop of a command that serves until told to stop: catch SIGINT and
+    SIGTERM, call ``ready`` (whoever sees what it prints may signal from then on), wait
+    for a signal, then await ``stop()``. The signals stay caught while it runs, so a
+    second one cannot cut a graceful stop short."""
+    stopping = asyncio.Event()
+    with on_stop_signal(stopping.set):
+        try:
+            if ready is not None:
+                ready()
+            await stopping.wait()
+        finally:
+            await stop()

@@ -1,8 +1,10 @@
-"""TLS and bearer-token options of the commands, and explaining connections that fail.
+"""Reading the TLS and bearer-token options of the commands, and explaining connections
+that fail.
 
 The client side (`call`, `list`, `describe`, `expose`) reads ``--tls``, ``--ca-cert``,
-``--cert``/``--key`` and ``--token``/``--token-file``/``$GRPCTUNNEL_TOKEN`` into one
-`ClientSecurity`: channel credentials and the ``authorization`` metadata to send.
+``--cert``/``--key`` and ``--token``/``--token-file``/``$GRPCTUNNEL_TOKEN`` (declared in
+options.py) into one `ClientSecurity`: channel credentials and the ``authorization``
+metadata to send.
 
 When a connection fails, grpc's own words ("Socket closed", "WRONG_VERSION_NUMBER") do not
 say that TLS and plaintext were mixed up. `explain_failure` turns them into a hint; where
@@ -20,23 +22,15 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import grpc
-import typer
 
 from grpctunnel.gateway.auth import bearer_metadata
 from grpctunnel_cli.errors import CliError, UsageError
 
 __all__ = [
     "TOKEN_ENV",
-    "CaCertOption",
-    "CertOption",
     "ClientSecurity",
-    "KeyOption",
-    "TlsOption",
-    "TokenFileOption",
-    "TokenOption",
     "client_security",
     "explain_failure",
     "is_loopback",
@@ -46,43 +40,6 @@ __all__ = [
 ]
 
 TOKEN_ENV = "GRPCTUNNEL_TOKEN"
-
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help=f"Bearer token to send as 'authorization: Bearer ...' (default: ${TOKEN_ENV}).",
-        show_default=False,
-    ),
-]
-TokenFileOption = Annotated[
-    Path | None,
-    typer.Option("--token-file", help="Read the bearer token from this file.", show_default=False),
-]
-TlsOption = Annotated[
-    bool,
-    typer.Option(
-        "--tls", help="Connect with TLS (implied by --ca-cert or --cert).", show_default=False
-    ),
-]
-CaCertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-cert",
-        help="CA certificate (PEM) to verify the server with; default: the system's.",
-        show_default=False,
-    ),
-]
-CertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--cert", help="Client certificate (PEM), for servers requiring one.", show_default=False
-    ),
-]
-KeyOption = Annotated[
-    Path | None,
-    typer.Option("--key", help="Private key (PEM) of --cert.", show_default=False),
-]
 
 
 def read_file(path: Path, option: str) -> bytes:
