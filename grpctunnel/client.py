@@ -7,35 +7,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel, unavailable_error
-from grpctunnel.options import TunnelClientOptions, TunnelOpening
-from grpctunnel.protocol import CallingConnection, ServingConnection
-from grpctunnel.serving import ServiceRegistry, ServingSession
-from grpctunnel.session import Session, TunnelClosed
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.calls import CallingSession, unavailable_error
+from grpctunnel.channel import SingleSession, TunnelChannel
+from grpctunnel.opening import TunnelOpening, calling_session, serving_session
+from grpctunnel.options import TunnelClientOptions
+from grpctunnel.serving import ServiceRegistrar, ServingSession
+from grpctunnel.session import FrameStream, Received, Sent, TunnelClosed
+from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
 
+C2S = tunnel_pb2.ClientToServer
+S2C = tunnel_pb2.ServerToClient
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class TunnelRpc(FrameStream[Received, Sent], Protocol[Received, Sent]):
+    """The tunnel RPC as the side that dialled it holds it: a grpc.aio stream-stream
+    call (or an in-memory stand-in, see ``grpctunnel.testing``): its frames, and
+    ending it."""
+
+    def cancel(self) -> bool: ...
+
+    async def done_writing(self) -> None: ...
+
+
+class _DialledRpc(TunnelRpc[Received, Sent], Protocol[Received, Sent]):
+    """What opening a tunnel uses of the grpc.aio call of its RPC."""
+
+    async def initial_metadata(self) -> grpc.aio.Metadata: ...
+
+    def done(self) -> bool: ...
+
+    async def code(self) -> grpc.StatusCode: ...
+
+    async def details(self) -> str: ...
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata: ...
+
 
 async def _open_tunnel_rpc(
-    multicallable: Any,
+    open_rpc: Callable[..., _DialledRpc[R, S]],
     options: TunnelClientOptions,
-    metadata: Any,
+    metadata: Iterable[tuple[str, md.MetadataValue]] | None,
     timeout: float | None,
     wait_for_ready: bool | None,
-) -> tuple[Any, md.MetadataPairs]:
+) -> tuple[_DialledRpc[R, S], md.MetadataPairs]:
     """Starts the tunnel RPC and waits for the other side's response headers.
 
     Raises the RPC's ``AioRpcError`` when the server refuses the tunnel (no tunnel
     service, unauthenticated, unreachable)."""
     sent = (*md.tunnel_open_headers(), *options.metadata, *(metadata or ()))
-    call = multicallable(metadata=sent, wait_for_ready=wait_for_ready)
+    call = open_rpc(metadata=sent, wait_for_ready=wait_for_ready)
     try:
         headers = await asyncio.wait_for(call.initial_metadata(), timeout)
     except asyncio.TimeoutError:
@@ -60,11 +90,12 @@ async def _open_tunnel_rpc(
     return call, tuple(headers)
 
 
-class _ForwardTunnel(SingleSession):
-    """The session source behind a forward tunnel's channel: one session, closed
-    with the channel."""
+class ForwardTunnel(SingleSession):
+    """A running forward tunnel, as the side that dialled it holds it: runs the
+    session, and is the session source of the tunnel's channel (closing the channel
+    closes the tunnel)."""
 
-    def __init__(self, session: CallingSession, call: Any) -> None:
+    def __init__(self, session: CallingSession, call: TunnelRpc[S2C, C2S]) -> None:
         super().__init__(session)
         self.call = call
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())
@@ -85,10 +116,7 @@ class _ForwardTunnel(SingleSession):
             await session.wait_idle(grace)
         if not session.closed:
             # as grpc.aio's Channel.close(): calls still in progress are cancelled
-            for call in list(session.listeners.values()):
-                cancel = getattr(call, "cancel", None)
-                if cancel is not None:
-                    cancel()
+            session.cancel_calls()
             session.close("channel closed")
             try:
                 await self.call.done_writing()
@@ -115,26 +143,17 @@ class PendingChannel:
     async def start(
         self,
         *,
-        metadata: Any = None,
+        metadata: Iterable[tuple[str, md.MetadataValue]] | None = None,
         timeout: float | None = None,
         wait_for_ready: bool | None = None,
     ) -> TunnelChannel:
         opts = self.options
+        call: _DialledRpc[S2C, C2S]
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenTunnel, opts, metadata, timeout, wait_for_ready
         )
-        opening = TunnelOpening(headers, "tunnel server")
-        conn = CallingConnection(**opts.connection_args(opening))
-        session = CallingSession(
-            call,
-            conn,
-            peer=opening.peer,
-            tunnel_metadata=opening.metadata,
-            binary_base64=opening.extended,
-            batch_frames=opening.batches,
-            max_send_message_length=opts.max_send_message_length,
-        )
-        tunnel = _ForwardTunnel(session, call)
+        session = calling_session(call, TunnelOpening(headers, "tunnel server"), opts)
+        tunnel = ForwardTunnel(session, call)
         ready = asyncio.ensure_future(session.wait_ready())
         try:
             await asyncio.wait(
@@ -160,9 +179,10 @@ class PendingChannel:
 
 
 class ServedTunnel:
-    """One reverse tunnel opened by a :class:`ReverseTunnelServer`."""
+    """One reverse tunnel opened by a :class:`ReverseTunnelServer`: runs the session
+    that serves the calls coming through it."""
 
-    def __init__(self, session: ServingSession, call: Any) -> None:
+    def __init__(self, session: ServingSession, call: TunnelRpc[C2S, S2C]) -> None:
         self.session = session
         self.call = call
         self.error: TunnelClosed | None = None
@@ -200,7 +220,7 @@ class ServedTunnel:
         await self.wait_closed()
 
 
-class ReverseTunnelServer:
+class ReverseTunnelServer(ServiceRegistrar):
     """Serves services to the server it dials, through reverse tunnels.
 
     Register services on it as on a ``grpc.aio.Server`` (``register_service`` or any
@@ -213,32 +233,10 @@ class ReverseTunnelServer:
     def __init__(
         self, stub: tunnel_pb2_grpc.TunnelServiceStub, options: TunnelClientOptions | None = None
     ) -> None:
+        super().__init__()
         self._stub = stub
         self.options = options or TunnelClientOptions()
-        self._registry = ServiceRegistry()
         self._tunnels: set[ServedTunnel] = set()
-
-    def register_service(
-        self,
-        servicer: object,
-        service_name: str,
-        methods: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        self._registry.register_service(servicer, service_name, methods)
-
-    def add_generic_rpc_handlers(
-        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._registry.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self._registry.add_registered_method_handlers(service_name, method_handlers)
-
-    @property
-    def registry(self) -> ServiceRegistry:
-        return self._registry
 
     @property
     def tunnels(self) -> list[ServedTunnel]:
@@ -247,29 +245,19 @@ class ReverseTunnelServer:
     async def serve(
         self,
         *,
-        metadata: Any = None,
+        metadata: Iterable[tuple[str, md.MetadataValue]] | None = None,
         timeout: float | None = None,
         wait_for_ready: bool | None = None,
     ) -> ServedTunnel:
         """Opens one reverse tunnel; returns once the server accepted it."""
         opts = self.options
+        call: _DialledRpc[C2S, S2C]
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenReverseTunnel, opts, metadata, timeout, wait_for_ready
         )
-        opening = TunnelOpening(headers, "tunnel server")
-        conn = ServingConnection(**opts.connection_args(opening))
-        conn.start()
-        session = ServingSession(
-            call,
-            conn,
-            peer=opening.peer,
-            tunnel_metadata=opening.metadata,
-            binary_base64=opening.extended,
-            batch_frames=opening.batches,
-            registry=self._registry,
-            max_send_message_length=opts.max_send_message_length,
+        session = serving_session(
+            call, TunnelOpening(headers, "tunnel server"), opts, self.registry
         )
-        session.flush()
         tunnel = ServedTunnel(session, call)
         self._tunnels.add(tunnel)
         tunnel.task.add_done_callback(lambda _: self._tunnels.discard(tunnel))
@@ -287,4 +275,4 @@ class ReverseTunnelServer:
         await asyncio.gather(*(t.close() for t in list(self._tunnels)), return_exceptions=True)
 
 
-__all__ = ["PendingChannel", "ReverseTunnelServer", "ServedTunnel", "Session"]
+__all__ = ["ForwardTunnel", "PendingChannel", "ReverseTunnelServer", "ServedTunnel", "TunnelRpc"]

@@ -3,9 +3,10 @@
 It implements the ``TunnelService`` RPCs. For ``OpenTunnel`` it serves the calls that
 arrive through the tunnel with the services registered on it (it accepts what
 ``add_XServicer_to_server`` passes, like a ``grpc.aio.Server``). For
-``OpenReverseTunnel`` it keeps the tunnel in a pool so that the server can call the
-services the dialling client hosts: ``as_channel()`` balances calls over every live
-reverse tunnel, ``key_as_channel(key)`` over those with one affinity key.
+``OpenReverseTunnel`` it keeps the tunnel in a pool (``grpctunnel.reverse``) so that
+the server can call the services the dialling client hosts: ``as_channel()`` balances
+calls over every live reverse tunnel, ``key_as_channel(key)`` over those with one
+affinity key. Both sides' sessions are built by ``grpctunnel.opening``.
 
 Who may open tunnels is decided as each one opens, by the ``accept_tunnel`` hook of
 :class:`~grpctunnel.TunnelServiceHandlerOptions`, and which calls may be made inside a
@@ -18,61 +19,30 @@ a :class:`~grpctunnel.gateway.auth.TokenAuthority`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.channel import CallingSession, SingleSession, TunnelChannel
-from grpctunnel.options import TunnelOpening, TunnelServiceHandlerOptions
-from grpctunnel.protocol import CallingConnection, ServingConnection
-from grpctunnel.serving import ServiceRegistry, ServingSession
-from grpctunnel.session import Session, TunnelClosed
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.calls import CallingSession
+from grpctunnel.channel import TunnelChannel
+from grpctunnel.opening import TunnelOpening, calling_session, serving_session
+from grpctunnel.options import TunnelServiceHandlerOptions
+from grpctunnel.reverse import ReversePool, ReverseTunnel
+from grpctunnel.serving import ServiceRegistrar, ServingSession
+from grpctunnel.session import TunnelClosed
+from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel")
 
+# the tunnel RPCs as this side serves them: the servicer context is the frame stream
+ForwardContext = grpc.aio.ServicerContext[tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
+ReverseContext = grpc.aio.ServicerContext[tunnel_pb2.ServerToClient, tunnel_pb2.ClientToServer]
+TunnelContext = ForwardContext | ReverseContext
 
-def _any_tunnel(tunnel: ReverseTunnel) -> bool:
-    return True
-
-
-class ReverseTunnel:
-    """One live reverse tunnel, as the accepting server sees it."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, session: CallingSession) -> None:
-        self.id = next(self._ids)
-        self.session = session
-        self.key: Hashable = None
-        self.channel = TunnelChannel(_ReverseTunnelSource(session))
-
-    @property
-    def metadata(self) -> md.MetadataPairs:
-        """The metadata the client opened the tunnel with."""
-        return self.session.tunnel_metadata
-
-    @property
-    def peer(self) -> str:
-        return self.session.peer
-
-    @property
-    def closed(self) -> bool:
-        return self.session.closed
-
-    @property
-    def active_calls(self) -> int:
-        return len(self.session.listeners)
-
-    def metadata_value(self, key: str) -> str | bytes | None:
-        return md.first_value(self.metadata, key)
-
-    def __repr__(self) -> str:
-        return f"<ReverseTunnel #{self.id} from {self.peer} key={self.key!r}>"
+_SHUTTING_DOWN = "tunnel server shutting down"
 
 
 class TunnelRecord:
@@ -88,7 +58,7 @@ class TunnelRecord:
         self.metadata = metadata
         self.peer = peer
         self.labels: dict[str, Any] = {}
-        self.session: Session[Any] | None = None
+        self.session: CallingSession | ServingSession | None = None
         self.pending_close: tuple[grpc.StatusCode, str] | None = None
 
     @property
@@ -110,134 +80,37 @@ class TunnelRecord:
         return f"<TunnelRecord {self.kind} from {self.peer}>"
 
 
-class _ReverseTunnelSource(SingleSession):
-    """The channel of one reverse tunnel addressed directly."""
-
-    async def close(self, grace: float | None) -> None:
-        """Closing one reverse tunnel's channel does not close the tunnel: the client
-        that dialled owns it."""
-
-
-class _ReversePool:
-    """The session source of ``as_channel()`` and its kin: the live reverse tunnels
-    that ``accepts`` admits, used in turn."""
-
-    def __init__(
-        self,
-        handler: TunnelServiceHandler,
-        accepts: Callable[[ReverseTunnel], bool],
-        description: str,
-    ) -> None:
-        self._handler = handler
-        self._accepts = accepts
-        self._description = description
-        self._turn = 0
-
-    def _tunnels(self) -> list[ReverseTunnel]:
-        accepts = self._accepts
-        return [t for t in self._handler._reverse if not t.closed and accepts(t)]
-
-    def pick(self) -> CallingSession | None:
-        tunnels = self._tunnels()
-        if not tunnels:
-            return None
-        self._turn += 1
-        return tunnels[self._turn % len(tunnels)].session
-
-    async def wait(self) -> CallingSession:
-        while True:
-            session = self.pick()
-            if session is not None:
-                return session
-            await self._handler._reverse_changed.wait()
-
-    def unavailable_details(self) -> str:
-        return f"no reverse tunnel is open{self._description}"
-
-    def state(self) -> grpc.ChannelConnectivity:
-        return grpc.ChannelConnectivity.READY if self._tunnels() else grpc.ChannelConnectivity.IDLE
-
-    async def close(self, grace: float | None) -> None:
-        """The pool's channel is a view: closing it leaves the tunnels open."""
-
-
-class _Changed:
-    """A level-triggered 'something changed' signal for any number of waiters."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
-        await self._event.wait()
-
-
 class _TunnelServicer(tunnel_pb2_grpc.TunnelServiceServicer):
     """The grpc servicer of ``TunnelService``, bound to one handler."""
 
     def __init__(self, handler: TunnelServiceHandler) -> None:
         self._handler = handler
 
-    async def OpenTunnel(
-        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:  # type: ignore[override]
+    async def OpenTunnel(self, request_iterator: object, context: ForwardContext) -> None:  # type: ignore[override]
         await self._handler._serve_forward(context)
 
-    async def OpenReverseTunnel(
-        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:  # type: ignore[override]
+    async def OpenReverseTunnel(self, request_iterator: object, context: ReverseContext) -> None:  # type: ignore[override]
         await self._handler._serve_reverse(context)
 
 
-class TunnelServiceHandler:
-    """Serves the ``TunnelService``: forward tunnels to the services registered here,
-    reverse tunnels into a pool the server can call through.
+class TunnelServiceHandler(ServiceRegistrar):
+    """Serves the ``TunnelService``: forward tunnels to the services registered here
+    (``register_service``, or any generated ``add_XServicer_to_server``), reverse
+    tunnels into a pool the server can call through.
 
     Add it to a grpc.aio server with
     ``add_TunnelServiceServicer_to_server(handler.service(), server)``.
     """
 
     def __init__(self, options: TunnelServiceHandlerOptions | None = None) -> None:
+        super().__init__()
         self.options = options or TunnelServiceHandlerOptions()
-        self._registry = ServiceRegistry()
         self._forward: set[ServingSession] = set()
-        self._reverse: list[ReverseTunnel] = []
-        self._reverse_changed = _Changed()
+        self._reverse = ReversePool()
         self._servicer = _TunnelServicer(self)
         self._records: set[TunnelRecord] = set()
-        self._closing = False
-
-    # -- registering services (the grpc.aio.Server surface) -------------------------
-
-    def register_service(
-        self,
-        servicer: object,
-        service_name: str,
-        methods: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """Serves ``servicer`` through forward tunnels; see
-        :meth:`ServiceRegistry.register_service`."""
-        self._registry.register_service(servicer, service_name, methods)
-
-    def add_generic_rpc_handlers(
-        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._registry.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self._registry.add_registered_method_handlers(service_name, method_handlers)
-
-    @property
-    def registry(self) -> ServiceRegistry:
-        return self._registry
+        self._shutting_down = False
+        self._hook_tasks: set[asyncio.Task[Any]] = set()
 
     def service(self) -> tunnel_pb2_grpc.TunnelServiceServicer:
         """The servicer to add with ``add_TunnelServiceServicer_to_server``."""
@@ -248,29 +121,35 @@ class TunnelServiceHandler:
     def as_channel(self) -> TunnelChannel:
         """A channel to the services of the clients that opened reverse tunnels; each
         call goes through one live tunnel, in turn. ``channel_ready()`` waits for one."""
-        return TunnelChannel(_ReversePool(self, _any_tunnel, ""))
+        return self._reverse.channel()
 
     def key_as_channel(self, key: Hashable) -> TunnelChannel:
         """Like :meth:`as_channel`, but only through tunnels whose affinity key (see
         ``TunnelServiceHandlerOptions.affinity_key``) equals ``key``."""
-        return TunnelChannel(_ReversePool(self, lambda t: t.key == key, f" for key {key!r}"))
+        return self._reverse.key_channel(key)
 
     def channel_for(
         self, accepts: Callable[[ReverseTunnel], bool], description: str = ""
     ) -> TunnelChannel:
         """A channel balancing over the live reverse tunnels that ``accepts`` admits
-        (``description`` completes "no reverse tunnel is open..." when there is none)."""
-        return TunnelChannel(_ReversePool(self, accepts, description))
+        (``description`` completes "no reverse tunnel is open..." when there is none).
+        ``accepts`` is asked about every tunnel on every call: for a selection by key,
+        :meth:`key_as_channel` picks in constant time."""
+        return self._reverse.filtered_channel(accepts, description)
 
     def all_reverse_tunnels(self) -> list[ReverseTunnel]:
-        return [t for t in self._reverse if not t.closed]
+        """The live reverse tunnels, in the order they opened."""
+        return self._reverse.live()
 
     async def wait_for_reverse_tunnel(self) -> ReverseTunnel:
+        """Waits until a reverse tunnel is open; returns the latest."""
         while True:
             tunnels = self.all_reverse_tunnels()
             if tunnels:
                 return tunnels[-1]
-            await self._reverse_changed.wait()
+            await self._reverse.wait_changed()
+
+    # -- all tunnels ------------------------------------------------------------------
 
     def open_tunnels(self) -> list[TunnelRecord]:
         """Every tunnel accepted and not yet ended, forward and reverse, including
@@ -283,46 +162,63 @@ class TunnelServiceHandler:
         its RPC is still winding down)."""
         return sum(1 for session in self._forward if not session.closed)
 
+    def initiate_shutdown(self) -> None:
+        """Refuses every tunnel that opens from now on (UNAVAILABLE); the tunnels open
+        now keep running until they end or :meth:`close` ends them (as the Go
+        library's ``InitiateShutdown``)."""
+        self._shutting_down = True
+
     async def close(self) -> None:
-        """Ends every tunnel this handler serves (their calls fail with UNAVAILABLE)."""
-        self._closing = True
-        sessions: list[Session[Any]] = [*self._forward, *(t.session for t in self._reverse)]
-        for session in sessions:
-            session.close("tunnel server shutting down")
+        """Ends every tunnel this handler serves (their calls fail with UNAVAILABLE)
+        and refuses new ones. Reverse tunnels leave the pool at once (their
+        ``on_reverse_tunnel_close`` hooks run), and ``close`` returns once the hooks
+        still running have finished (cancelling ``close`` cancels them)."""
+        self.initiate_shutdown()
+        for session in list(self._forward):
+            session.close(_SHUTTING_DOWN)
+        reverse = self._reverse.members()
+        for tunnel in reverse:
+            tunnel.session.close(_SHUTTING_DOWN)
         for record in list(self._records):  # and those still opening
-            record.close("tunnel server shutting down")
+            record.close(_SHUTTING_DOWN)
+        for tunnel in reverse:
+            self._remove_reverse(tunnel)
+        current = asyncio.current_task()  # close() called from a hook: not itself
+        hooks = [task for task in self._hook_tasks if task is not current]
+        if hooks:
+            await asyncio.gather(*hooks, return_exceptions=True)
 
     # -- the RPCs ---------------------------------------------------------------------
 
-    def _opening(self, context: grpc.aio.ServicerContext[Any, Any]) -> TunnelOpening:
+    def _opening(self, context: TunnelContext) -> TunnelOpening:
         return TunnelOpening(tuple(context.invocation_metadata() or ()), context.peer())
 
     async def _admit(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        kind: str,
-        invocation: md.MetadataPairs,
-        peer: str,
+        self, context: TunnelContext, kind: str, opening: TunnelOpening
     ) -> TunnelRecord:
         """Asks ``accept_tunnel``; a refused tunnel ends with its status here. An
         accepted one is recorded at once (no await in between), so that the hook of
         the next tunnel to open sees it."""
+        if self._shutting_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         accept = self.options.accept_tunnel
         if accept is not None:
-            refusal = accept(kind, invocation, peer)
+            refusal = accept(kind, opening.metadata, opening.peer)
             if refusal is not None:
                 code, details = refusal
-                log.info("refused %s tunnel from %s: %s: %s", kind, peer, code.name, details)
+                log.info(
+                    "refused %s tunnel from %s: %s: %s", kind, opening.peer, code.name, details
+                )
                 await context.abort(code, details)
-        record = TunnelRecord(kind, invocation, peer)
+        record = TunnelRecord(kind, opening.metadata, opening.peer)
         self._records.add(record)
         return record
 
     async def _start_session(
         self,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: TunnelContext,
         record: TunnelRecord,
-        session: Session[Any],
+        session: CallingSession | ServingSession,
     ) -> None:
         """Ties the session to its record; one closed while it opened ends at once."""
         record.session = session
@@ -331,39 +227,23 @@ class TunnelServiceHandler:
             session.close(reason, code)
             await context.abort(code, reason)
 
-    async def _serve_forward(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if self._closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
+    async def _serve_forward(self, context: ForwardContext) -> None:
         opening = self._opening(context)
-        record = await self._admit(context, "forward", opening.metadata, opening.peer)
+        record = await self._admit(context, "forward", opening)
         try:
             await self._run_forward(context, record, opening)
         finally:
             self._records.discard(record)
 
     async def _run_forward(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        record: TunnelRecord,
-        opening: TunnelOpening,
+        self, context: ForwardContext, record: TunnelRecord, opening: TunnelOpening
     ) -> None:
         opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
-        conn = ServingConnection(**opts.connection_args(opening))
-        conn.start()
-        session = ServingSession(
-            context,
-            conn,
-            peer=opening.peer,
-            tunnel_metadata=opening.metadata,
-            binary_base64=opening.extended,
-            batch_frames=opening.batches,
-            registry=self._registry,
-            max_send_message_length=opts.max_send_message_length,
-            authorize_call=opts.authorize_call,
+        session = serving_session(
+            context, opening, opts, self.registry, authorize_call=opts.authorize_call
         )
         await self._start_session(context, record, session)
-        session.flush()
         self._forward.add(session)
         try:
             await session.run()
@@ -372,39 +252,23 @@ class TunnelServiceHandler:
         finally:
             self._forward.discard(session)
 
-    async def _serve_reverse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        opts = self.options
-        if opts.no_reverse_tunnels:
+    async def _serve_reverse(self, context: ReverseContext) -> None:
+        if self.options.no_reverse_tunnels:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED, "this server does not accept reverse tunnels"
             )
-        if self._closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down")
         opening = self._opening(context)
-        record = await self._admit(context, "reverse", opening.metadata, opening.peer)
+        record = await self._admit(context, "reverse", opening)
         try:
             await self._run_reverse(context, record, opening)
         finally:
             self._records.discard(record)
 
     async def _run_reverse(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        record: TunnelRecord,
-        opening: TunnelOpening,
+        self, context: ReverseContext, record: TunnelRecord, opening: TunnelOpening
     ) -> None:
-        opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
-        conn = CallingConnection(**opts.connection_args(opening))
-        session = CallingSession(
-            context,
-            conn,
-            peer=opening.peer,
-            tunnel_metadata=opening.metadata,
-            binary_base64=opening.extended,
-            batch_frames=opening.batches,
-            max_send_message_length=opts.max_send_message_length,
-        )
+        session = calling_session(context, opening, self.options)
         await self._start_session(context, record, session)
         tunnel = ReverseTunnel(session)
         run = asyncio.ensure_future(session.run())
@@ -431,43 +295,46 @@ class TunnelServiceHandler:
         opts = self.options
         if opts.affinity_key is not None:
             try:
-                tunnel.key = opts.affinity_key(tunnel)
+                key = opts.affinity_key(tunnel)
+                hash(key)  # the pool is indexed by key
+                tunnel.key = key
             except Exception:
                 log.exception("affinity_key raised for %r", tunnel)
-        self._reverse.append(tunnel)
-        self._reverse_changed.notify()
+        self._reverse.add(tunnel)
         log.debug("reverse tunnel opened: %r", tunnel)
         if opts.on_reverse_tunnel_open is not None:
-            _call_hook(opts.on_reverse_tunnel_open, tunnel)
+            self._call_hook(opts.on_reverse_tunnel_open, tunnel)
 
     def _remove_reverse(self, tunnel: ReverseTunnel) -> None:
-        if tunnel not in self._reverse:
+        if not self._reverse.remove(tunnel):
             return
-        self._reverse.remove(tunnel)
-        self._reverse_changed.notify()
         log.debug("reverse tunnel closed: %r", tunnel)
         if self.options.on_reverse_tunnel_close is not None:
-            _call_hook(self.options.on_reverse_tunnel_close, tunnel)
+            self._call_hook(self.options.on_reverse_tunnel_close, tunnel)
 
-
-_hook_tasks: set[asyncio.Future[Any]] = set()
-
-
-def _call_hook(hook: Any, tunnel: ReverseTunnel) -> None:
-    try:
-        result = hook(tunnel)
+    def _call_hook(self, hook: Callable[[ReverseTunnel], Any], tunnel: ReverseTunnel) -> None:
+        """Calls a reverse tunnel hook; one that is a coroutine runs as a task of the
+        handler (see :meth:`close`). What a hook raises is logged."""
+        try:
+            result = hook(tunnel)
+        except Exception:
+            log.exception("reverse tunnel callback raised")
+            return
         if asyncio.iscoroutine(result):
             task = asyncio.ensure_future(result)
-            _hook_tasks.add(task)
-            task.add_done_callback(_hook_tasks.discard)
-    except Exception:
-        log.exception("reverse tunnel callback raised")
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task: asyncio.Task[Any]) -> None:
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reverse tunnel callback raised", exc_info=task.exception())
 
 
-async def _abort_tunnel(context: grpc.aio.ServicerContext[Any, Any], error: TunnelClosed) -> None:
+async def _abort_tunnel(context: TunnelContext, error: TunnelClosed) -> None:
     if context.done():
         return
     await context.abort(error.code, error.details)
 
 
-__all__ = ["ReverseTunnel", "Session", "TunnelRecord", "TunnelServiceHandler"]
+__all__ = ["ReverseTunnel", "TunnelRecord", "TunnelServiceHandler"]

@@ -5,13 +5,26 @@ Whichever side dialled, the tunnel RPC opens the same way: the dialling side sen
 request headers, the accepting side answers with its response headers, and each side
 learns from the other's headers whether to negotiate a protocol revision and whether
 the peer is of this project (base64 binary metadata, large windows, frame batches).
-:class:`TunnelOpening` holds what one side learnt.
+:class:`TunnelOpening` holds what one side learnt. From it, the stream of the tunnel RPC
+and the options, :func:`calling_session` and :func:`serving_session` build the session of
+the side that opens calls and of the side that serves them: the forward and reverse
+tunnels of the handler and of the client, and the in-memory pair, all start here.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
+
 from grpctunnel import metadata as md
+from grpctunnel.calls import CallingSession, CallingStream
 from grpctunnel.metadata import MetadataPairs
+from grpctunnel.protocol import CallingConnection, ServingConnection
+from grpctunnel.serving import CallAuthorizer, ServiceRegistry, ServingSession, ServingStream
+
+if TYPE_CHECKING:
+    from grpctunnel.options import TunnelOptions
+
+Conn = TypeVar("Conn", CallingConnection, ServingConnection)
 
 
 class TunnelOpening:
@@ -48,3 +61,54 @@ class TunnelOpening:
             f"TunnelOpening(peer={self.peer!r}, negotiated={self.negotiated}, "
             f"extended={self.extended}, batches={self.batches})"
         )
+
+
+def _connection(side: type[Conn], options: TunnelOptions, opening: TunnelOpening) -> Conn:
+    """The protocol connection of one side of a tunnel so opened: the one place a
+    connection is configured from the options and the opening."""
+    return side(**options.connection_args(opening))
+
+
+def calling_session(
+    stream: CallingStream, opening: TunnelOpening, options: TunnelOptions
+) -> CallingSession:
+    """The session of the side that opens calls through the tunnel (a forward
+    tunnel's dialler, a reverse tunnel's accepting server), over ``stream``. Run it
+    with ``run()``; with a negotiating peer, ``wait_ready()`` waits for its settings
+    before the first call."""
+    return CallingSession(
+        stream,
+        _connection(CallingConnection, options, opening),
+        opening,
+        max_send_message_length=options.max_send_message_length,
+    )
+
+
+def serving_session(
+    stream: ServingStream,
+    opening: TunnelOpening,
+    options: TunnelOptions,
+    registry: ServiceRegistry,
+    *,
+    authorize_call: CallAuthorizer | None = None,
+) -> ServingSession:
+    """The session of the side that serves the calls that come through the tunnel
+    (a forward tunnel's accepting server, a reverse tunnel's dialler) with the
+    services of ``registry``, each call first allowed by ``authorize_call`` (when
+    given). Its first frame (the settings, with a negotiating peer) is queued: it goes
+    out as soon as the session runs."""
+    conn = _connection(ServingConnection, options, opening)
+    conn.start()
+    session = ServingSession(
+        stream,
+        conn,
+        opening,
+        registry=registry,
+        max_send_message_length=options.max_send_message_length,
+        authorize_call=authorize_call,
+    )
+    session.flush()
+    return session
+
+
+__all__ = ["TunnelOpening", "calling_session", "serving_session"]

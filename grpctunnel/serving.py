@@ -3,7 +3,8 @@ arrive through it.
 
 :class:`ServiceRegistry` accepts what ``add_XServicer_to_server`` passes to a
 ``grpc.aio.Server`` (generic and registered method handlers) and ``register_service``
-(a servicer object plus its service name, typed from the protobuf descriptor pool).
+(a servicer object plus its service name, typed from the protobuf descriptor pool);
+:class:`ServiceRegistrar` gives a class that serves through tunnels that same surface.
 :class:`ServingSession` turns each opened stream into a :class:`ServerCall`, which runs
 the method handler in its own task with a :class:`TunnelServicerContext`: the full
 ``grpc.aio.ServicerContext`` API, with deadlines from ``grpc-timeout`` and cancellation
@@ -18,7 +19,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -26,13 +27,19 @@ from google.protobuf import descriptor_pool, message_factory
 from grpctunnel import metadata as md
 from grpctunnel.protocol import Code, ServingConnection
 from grpctunnel.protocol import events as ev
-from grpctunnel.session import EOF, Session
+from grpctunnel.session import EOF, FrameStream, Session
+from grpctunnel.v1 import tunnel_pb2
+
+if TYPE_CHECKING:
+    from grpctunnel.opening import TunnelOpening
 
 log = logging.getLogger("grpctunnel")
 
 MethodSpec = Mapping[str, Any]
 # (tunnel metadata, method) -> None to allow the call, or the status to refuse it with
 CallAuthorizer = Callable[[md.MetadataPairs, str], "tuple[grpc.StatusCode, str] | None"]
+# the tunnel RPC as the serving side sees it: it receives requests, sends responses
+ServingStream = FrameStream[tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
 
 
 class _CallDetails(
@@ -135,6 +142,35 @@ class ServiceRegistry:
         return list(self._service_names)
 
 
+class ServiceRegistrar:
+    """The ``grpc.aio.Server`` surface that generated ``add_XServicer_to_server``
+    functions (and ``register_service``) use, for a class that serves the services
+    registered on it through tunnels: it registers them in its ``registry``."""
+
+    def __init__(self) -> None:
+        self.registry = ServiceRegistry()
+
+    def register_service(
+        self,
+        servicer: object,
+        service_name: str,
+        methods: Mapping[str, MethodSpec] | None = None,
+    ) -> None:
+        """Serves ``servicer`` as ``service_name``; see
+        :meth:`ServiceRegistry.register_service`."""
+        self.registry.register_service(servicer, service_name, methods)
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self.registry.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.registry.add_registered_method_handlers(service_name, method_handlers)
+
+
 def _find_service(name: str) -> Any:
     pool = descriptor_pool.Default()
     try:
@@ -168,20 +204,24 @@ class AbortError(grpc.aio.AbortError):  # type: ignore[misc,name-defined]
     """Raised by ``context.abort()`` to end the handler with the status it set."""
 
 
-class ServingSession(Session[ServingConnection]):
-    """A session on the end of a tunnel that serves calls."""
+class ServingSession(
+    Session[ServingConnection, tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
+):
+    """A session on the end of a tunnel that serves calls: those of ``registry``,
+    each first allowed by ``authorize_call`` (when given)."""
 
     def __init__(
         self,
-        *args: Any,
+        stream: ServingStream,
+        conn: ServingConnection,
+        opening: TunnelOpening,
+        *,
         registry: ServiceRegistry,
         max_send_message_length: int | None = None,
         authorize_call: CallAuthorizer | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(stream, conn, opening, max_send_message_length=max_send_message_length)
         self.registry = registry
-        self.max_send_message_length = max_send_message_length
         self.authorize_call = authorize_call
 
     def on_unclaimed_event(self, event: ev.Event) -> None:
@@ -222,7 +262,7 @@ class ServingSession(Session[ServingConnection]):
                 pairs.append((key, value))
         conn.accept_stream(event.stream_id, request_streaming=handler.request_streaming)
         call = ServerCall(self, event.stream_id, event.method, handler, tuple(pairs), timeout)
-        self.listeners[event.stream_id] = call
+        self.add_listener(event.stream_id, call)
         call.start()
 
 
@@ -590,7 +630,9 @@ class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
 
 __all__: Sequence[str] = [
     "ServerCall",
+    "ServiceRegistrar",
     "ServiceRegistry",
     "ServingSession",
+    "ServingStream",
     "TunnelServicerContext",
 ]

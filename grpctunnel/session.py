@@ -1,21 +1,24 @@
 """Runs one tunnel over one tunnel RPC: the read loop, the write loop, and the table of
 the tunnelled calls on it.
 
-A session owns a protocol connection (``grpctunnel.protocol``) and a frame stream: the
-grpc.aio call object of the tunnel RPC on the dialling side, its servicer context on
-the accepting side (both offer ``read()`` and ``write()``). The read loop feeds every
-frame to the connection and hands the resulting events to the stream's listener; the
-write loop writes whatever the connection has to send, woken whenever there may be
-something. When the tunnel RPC ends, for whatever reason, every call on it is failed
-and every handler cancelled at once.
+A session owns a protocol connection (``grpctunnel.protocol``) and a
+:class:`FrameStream`: the grpc.aio call object of the tunnel RPC on the dialling side,
+its servicer context on the accepting side (both offer ``read()`` and ``write()``). The
+read loop feeds every frame to the connection and hands the resulting events to the
+stream's listener; the write loop writes whatever the connection has to send, woken
+whenever there may be something. When the tunnel RPC ends, for whatever reason, every
+call on it is failed and every handler cancelled at once.
+
+The calling and serving sides (``grpctunnel.calls``, ``grpctunnel.serving``) subclass
+:class:`Session`; ``grpctunnel.opening`` builds either from the tunnel's opening.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,20 +30,34 @@ from grpctunnel.protocol import (
     ServingConnection,
 )
 from grpctunnel.protocol import events as ev
+from grpctunnel.v1 import tunnel_pb2
+
+if TYPE_CHECKING:
+    from grpctunnel.opening import TunnelOpening
 
 log = logging.getLogger("grpctunnel")
 
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 Conn = TypeVar("Conn", CallingConnection, ServingConnection)
+Received = TypeVar("Received", covariant=True)
+Sent = TypeVar("Sent", contravariant=True)
+# the frames of one side: what it receives, what it sends (the same two types on both
+# sides, crossed; see grpctunnel.opening for the two pairings)
+Frame = tunnel_pb2.ClientToServer | tunnel_pb2.ServerToClient
+In = TypeVar("In", bound=Frame)
+Out = TypeVar("Out", bound=Frame)
 
 
-class FrameStream(Protocol):
-    """What a session reads frames from and writes frames to."""
+class FrameStream(Protocol[Received, Sent]):
+    """What a session reads frames from and writes frames to: the tunnel RPC.
 
-    async def read(self) -> Any: ...
+    ``read()`` returns the next frame, or ``grpc.aio.EOF`` once the other side ended
+    its half of the RPC (grpc's own type stubs leave the sentinel out as well)."""
 
-    async def write(self, message: Any) -> None: ...
+    async def read(self) -> Received: ...
+
+    async def write(self, frame: Sent, /) -> None: ...
 
 
 class StreamListener(Protocol):
@@ -60,33 +77,35 @@ class TunnelClosed(Exception):
         self.details = details
 
 
-class Session(Generic[Conn]):
-    """One tunnel: a connection, a frame stream, and the calls on it."""
+class Session(Generic[Conn, In, Out]):
+    """One tunnel: a connection, a frame stream, and the calls on it.
+
+    ``opening`` says who the peer is, what metadata it opened the tunnel with, and
+    what the opening agreed (binary metadata as base64, frame batches);
+    ``max_send_message_length`` bounds each message this side sends (None: none)."""
 
     def __init__(
         self,
-        stream: FrameStream,
+        stream: FrameStream[In, Out],
         conn: Conn,
+        opening: TunnelOpening,
         *,
-        peer: str,
-        tunnel_metadata: md.MetadataPairs,
-        binary_base64: bool,
-        batch_frames: bool = False,
+        max_send_message_length: int | None = None,
     ) -> None:
-        self.stream = stream
-        self.batch_frames = batch_frames
+        self.stream: FrameStream[In, Out] = stream
+        self.batch_frames = opening.batches
         self.conn: Conn = conn
-        self.peer = peer
-        self.tunnel_metadata = tunnel_metadata
-        self.binary_base64 = binary_base64
-        self.listeners: dict[int, StreamListener] = {}
+        self.peer = opening.peer
+        self.tunnel_metadata = opening.metadata
+        self.binary_base64 = opening.extended
+        self.max_send_message_length = max_send_message_length
+        self._listeners: dict[int, StreamListener] = {}
         self.closed = False
         self.close_reason = ""
         self.error: TunnelClosed | None = None  # set when the tunnel ended abnormally
         self._wake = asyncio.Event()
         self._writable: dict[int, asyncio.Future[None]] = {}
         self._done = asyncio.get_running_loop().create_future()
-        self._close_callbacks: list[Callable[[Session[Conn]], None]] = []
         self._loops: tuple[asyncio.Future[None], ...] = ()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._writing = False  # the write loop is writing a batch of frames
@@ -116,10 +135,26 @@ class Session(Generic[Conn]):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    @property
+    def listeners(self) -> Mapping[int, StreamListener]:
+        """The calls in progress on the tunnel, by stream id (read-only: calls come
+        and go through :meth:`add_listener` and :meth:`remove_listener`)."""
+        return self._listeners
+
+    @property
+    def active_calls(self) -> int:
+        """How many calls are in progress on the tunnel."""
+        return len(self._listeners)
+
+    def add_listener(self, stream_id: int, listener: StreamListener) -> None:
+        """Routes the events of stream ``stream_id`` to ``listener`` until
+        :meth:`remove_listener`, or until the tunnel ends."""
+        self._listeners[stream_id] = listener
+
     def remove_listener(self, stream_id: int) -> None:
         """Forgets a finished call; wakes ``wait_idle`` when it was the last."""
-        self.listeners.pop(stream_id, None)
-        if not self.listeners and self._idle_waiters:
+        self._listeners.pop(stream_id, None)
+        if not self._listeners and self._idle_waiters:
             for fut in self._idle_waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -131,7 +166,7 @@ class Session(Generic[Conn]):
         became idle."""
 
         async def idle() -> None:
-            if self.listeners and not self.closed:
+            if self._listeners and not self.closed:
                 fut = asyncio.get_running_loop().create_future()
                 self._idle_waiters.append(fut)
                 await asyncio.shield(fut)
@@ -153,18 +188,9 @@ class Session(Generic[Conn]):
         self._wake.set()
         await asyncio.shield(fut)
 
-    def add_close_callback(self, callback: Callable[[Session[Conn]], None]) -> None:
-        if self.closed:
-            callback(self)
-        else:
-            self._close_callbacks.append(callback)
-
     async def wait_closed(self) -> None:
+        """Waits until the tunnel has ended (its calls failed, its handlers cancelled)."""
         await asyncio.shield(self._done)
-
-    @property
-    def done(self) -> bool:
-        return self._done.done()
 
     def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         """Ends the tunnel from this side: every call on it fails (UNAVAILABLE with
@@ -257,7 +283,8 @@ class Session(Generic[Conn]):
                 self._wake.set()
 
     async def _write_loop(self) -> None:
-        write = self.stream.write
+        # the connection's frames are this side's Out frames (no type ties Conn to Out)
+        write = cast("Callable[[Frame], Awaitable[None]]", self.stream.write)
         take = self.conn.take_frames
         wake = self._wake
         while True:
@@ -294,8 +321,8 @@ class Session(Generic[Conn]):
             return
         self.closed = True
         self.close_reason = reason
-        listeners = list(self.listeners.values())
-        self.listeners.clear()
+        listeners = list(self._listeners.values())
+        self._listeners.clear()
         for listener in listeners:
             try:
                 listener.on_tunnel_closed(reason)
@@ -312,12 +339,6 @@ class Session(Generic[Conn]):
         _resolve_all(self._drain_waiters)
         if not self._done.done():
             self._done.set_result(None)
-        for callback in self._close_callbacks:
-            try:
-                callback(self)
-            except Exception:  # pragma: no cover
-                log.exception("tunnel close callback failed")
-        self._close_callbacks.clear()
 
 
 def _resolve_all(futures: list[asyncio.Future[None]]) -> None:

@@ -11,44 +11,56 @@
 serialized on the way through, exactly as on the wire, so what passes here passes a
 real tunnel. ``extended=False`` makes both ends behave like a Go peer (64 KiB windows,
 16 KiB chunks, binary metadata as text); ``negotiate=False`` uses protocol revision zero.
+
+By default the pair is a forward tunnel: the side that calls dialled, as with a
+:class:`~grpctunnel.PendingChannel`, and closing ``pair.channel`` ends the tunnel.
+``reverse=True`` makes it a reverse tunnel: the side that serves dialled, as with a
+:class:`~grpctunnel.ReverseTunnelServer`, and ``pair.channel`` is the channel of the
+:class:`~grpctunnel.ReverseTunnel` the accepting side holds (``pair.reverse_tunnel``).
+Either way ``tunnel_metadata`` is what the dialling side opened the tunnel with.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import grpc
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from grpctunnel import metadata as md
-from grpctunnel.channel import CallingSession, TunnelChannel
-from grpctunnel.client import _ForwardTunnel
+from grpctunnel.calls import CallingSession
+from grpctunnel.channel import TunnelChannel
+from grpctunnel.client import ForwardTunnel, ServedTunnel
+from grpctunnel.opening import TunnelOpening, calling_session, serving_session
 from grpctunnel.options import TunnelOptions
-from grpctunnel.protocol import CallingConnection, ServingConnection
-from grpctunnel.serving import ServiceRegistry, ServingSession
-from grpctunnel.session import EOF, TunnelClosed
+from grpctunnel.reverse import ReverseTunnel
+from grpctunnel.serving import ServiceRegistrar, ServingSession
+from grpctunnel.session import EOF, Frame, TunnelClosed
 from grpctunnel.v1 import tunnel_pb2
 
+F = TypeVar("F", bound=Frame)
+R = TypeVar("R", bound=Frame)
+S = TypeVar("S", bound=Frame)
+
 _CLOSED = object()
+_PEER = "in-memory"
 
 
-class _Pipe:
+class _Pipe(Generic[F]):
     """One direction of an in-memory tunnel RPC: frames written at one end are read,
     reparsed, at the other. Bounded, so a slow reader pushes back on the writer."""
 
-    def __init__(self, parse: Callable[[bytes], Any], maxsize: int = 64) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+    def __init__(self, parse: Callable[[bytes], F], maxsize: int = 64) -> None:
+        self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize)
         self._parse = parse
 
-    async def write(self, frame: Any) -> None:
+    async def write(self, frame: F) -> None:
         await self._queue.put(frame.SerializeToString())
 
-    async def read(self) -> Any:
+    async def read(self) -> F:
         item = await self._queue.get()
-        if item is _CLOSED:
+        if not isinstance(item, bytes):  # closed
             self._queue.put_nowait(_CLOSED)  # stay closed for later reads
-            return EOF
+            return EOF  # type: ignore[no-any-return]
         return self._parse(item)
 
     def close(self) -> None:
@@ -59,28 +71,31 @@ class _Pipe:
             self._queue.put_nowait(_CLOSED)
 
 
-class _End:
-    """One end of the pair: reads from one pipe, writes to the other."""
+class _End(Generic[R, S]):
+    """One end of the pair, as the tunnel RPC of either side: reads from one pipe,
+    writes to the other."""
 
-    def __init__(self, reading: _Pipe, writing: _Pipe) -> None:
+    def __init__(self, reading: _Pipe[R], writing: _Pipe[S]) -> None:
         self._reading = reading
         self._writing = writing
 
-    async def read(self) -> Any:
+    async def read(self) -> R:
         return await self._reading.read()
 
-    async def write(self, frame: Any) -> None:
+    async def write(self, frame: S, /) -> None:
         await self._writing.write(frame)
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
         self._writing.close()
+        return True
 
     async def done_writing(self) -> None:
         self._writing.close()
 
 
 class TunnelPair:
-    """A forward tunnel whose two ends live in this process."""
+    """A tunnel whose two ends live in this process: a forward tunnel, or with
+    ``reverse=True`` a reverse one (see the module's documentation)."""
 
     def __init__(
         self,
@@ -89,16 +104,21 @@ class TunnelPair:
         extended: bool = True,
         negotiate: bool = True,
         tunnel_metadata: md.MetadataPairs = (),
+        reverse: bool = False,
     ) -> None:
         self.options = options or TunnelOptions()
         self.extended = extended
         self.negotiate = negotiate
         self.tunnel_metadata = tunnel_metadata
-        self.server = _Registrar()
+        self.reverse = reverse
+        self.server = ServiceRegistrar()
         self._channel: TunnelChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.serving_session: ServingSession | None = None
         self.calling_session: CallingSession | None = None
+        # reverse: what each side holds of the tunnel
+        self.reverse_tunnel: ReverseTunnel | None = None
+        self._served: ServedTunnel | None = None
 
     @property
     def channel(self) -> TunnelChannel:
@@ -106,82 +126,72 @@ class TunnelPair:
             raise RuntimeError("enter the TunnelPair (async with) before using its channel")
         return self._channel
 
+    def _opening(self, metadata: md.MetadataPairs) -> TunnelOpening:
+        """What one end learns as the tunnel opens, ``metadata`` being what the other
+        end opened it with (no negotiation headers: the flags say what they would)."""
+        return TunnelOpening(
+            metadata,
+            _PEER,
+            negotiated=self.negotiate,
+            extended=self.extended,
+            batches=self.extended,
+        )
+
     async def __aenter__(self) -> TunnelPair:
-        to_server = _Pipe(tunnel_pb2.ClientToServer.FromString)
-        to_client = _Pipe(tunnel_pb2.ServerToClient.FromString)
-        params = self.options.connection_params(extended_peer=self.extended)
-        serving_conn = ServingConnection(negotiated=self.negotiate, **params)
-        serving_conn.start()
-        self.serving_session = ServingSession(
-            _End(to_server, to_client),
-            serving_conn,
-            peer="in-memory",
-            tunnel_metadata=self.tunnel_metadata,
-            binary_base64=self.extended,
-            batch_frames=self.extended,
-            registry=self.server.registry,
-            max_send_message_length=self.options.max_send_message_length,
+        to_serving = _Pipe(tunnel_pb2.ClientToServer.FromString)
+        to_calling = _Pipe(tunnel_pb2.ServerToClient.FromString)
+        serving_end = _End(to_serving, to_calling)
+        calling_end = _End(to_calling, to_serving)
+        # the accepting side sees the dialling side's metadata
+        dialled_with, answered_with = self.tunnel_metadata, ()
+        serving_sees, calling_sees = (
+            (answered_with, dialled_with) if self.reverse else (dialled_with, answered_with)
         )
-        self.serving_session.flush()
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(_run_quietly(self.serving_session))
+        serving = serving_session(
+            serving_end, self._opening(serving_sees), self.options, self.server.registry
         )
-        calling_end = _End(to_client, to_server)
-        self.calling_session = CallingSession(
-            calling_end,
-            CallingConnection(negotiated=self.negotiate, **params),
-            peer="in-memory",
-            tunnel_metadata=(),
-            binary_base64=self.extended,
-            batch_frames=self.extended,
-            max_send_message_length=self.options.max_send_message_length,
-        )
-        tunnel = _ForwardTunnel(self.calling_session, calling_end)
-        await self.calling_session.wait_ready()
-        self._channel = TunnelChannel(tunnel)
+        calling = calling_session(calling_end, self._opening(calling_sees), self.options)
+        self.serving_session, self.calling_session = serving, calling
+        loop = asyncio.get_running_loop()
+        if self.reverse:
+            self._served = ServedTunnel(serving, serving_end)
+            self._tasks.append(loop.create_task(_run_quietly(calling, calling_end.cancel)))
+            await calling.wait_ready()
+            self.reverse_tunnel = ReverseTunnel(calling)
+            self._channel = self.reverse_tunnel.channel
+        else:
+            self._tasks.append(loop.create_task(_run_quietly(serving, serving_end.cancel)))
+            tunnel = ForwardTunnel(calling, calling_end)
+            await calling.wait_ready()
+            self._channel = TunnelChannel(tunnel)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._channel is not None:
+        if self._served is not None:
+            # as closing a forward pair's channel: the calls in progress are cancelled,
+            # then the dialling side ends the tunnel
+            if self.calling_session is not None:
+                self.calling_session.cancel_calls()
+            await self._served.close()
+        elif self._channel is not None:
             await self._channel.close()
-        if self.serving_session is not None:
-            self.serving_session.close("tunnel pair closed")
+        for session in (self.serving_session, self.calling_session):
+            if session is not None:
+                session.close("tunnel pair closed")
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class _Registrar:
-    """The ``grpc.aio.Server``-like surface that generated ``add_XServicer_to_server``
-    functions register with."""
-
-    def __init__(self) -> None:
-        self.registry = ServiceRegistry()
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self.registry.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self.registry.add_registered_method_handlers(service_name, method_handlers)
-
-    def register_service(
-        self,
-        servicer: object,
-        service_name: str,
-        methods: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.registry.register_service(servicer, service_name, methods)
-
-
-async def _run_quietly(session: ServingSession) -> None:
+async def _run_quietly(
+    session: CallingSession | ServingSession, end_rpc: Callable[[], object]
+) -> None:
+    """Runs the session of the accepting side; when it ends, ``end_rpc`` ends its end
+    of the RPC, as when a tunnel RPC ends (the dialling side sees its frames end)."""
     try:
         await session.run()
     except TunnelClosed:
         pass
     finally:
-        # as when a tunnel RPC ends: the calling end sees its frames end too
-        if isinstance(session.stream, _End):
-            session.stream.cancel()
+        end_rpc()
 
 
 __all__ = ["TunnelPair"]

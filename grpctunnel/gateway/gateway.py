@@ -311,7 +311,7 @@ class Gateway:
     async def shutdown(self, grace: float) -> None:
         """Refuses new tunnels, lets relayed calls finish for up to ``grace`` seconds,
         then ends every tunnel (what is still in flight fails with UNAVAILABLE)."""
-        self.handler._closing = True
+        self.handler.initiate_shutdown()
         await self.health.enter_graceful_shutdown()
         await self.proxy.wait_idle(grace)
         await self.handler.close()

@@ -389,14 +389,14 @@ class Env:
             return [self.channel._source.session]  # type: ignore[attr-defined]
         if self.mode == "reverse":
             assert self.backend is not None
-            return [t.session for t in self.backend.handler._reverse]
+            return [t.session for t in self.backend.handler.all_reverse_tunnels()]
         assert self.pair is not None
         return [self.pair.calling_session]
 
     def serving_sessions(self) -> list[Any]:
         if self.mode == "forward":
             assert self.backend is not None
-            return list(self.backend.handler._forward)
+            return forward_sessions(self.backend.handler)
         if self.mode == "reverse":
             assert self.rts is not None
             return [t.session for t in self.rts.tunnels]
@@ -491,6 +491,17 @@ async def backend() -> AsyncIterator[Backend]:
         yield b
     finally:
         await b.aclose()
+
+
+def forward_sessions(handler: TunnelServiceHandler) -> list[Any]:
+    """The sessions of the forward tunnels open on ``handler``."""
+    return [r.session for r in handler.open_tunnels() if r.kind == "forward" and r.session]
+
+
+async def wait_for_reverse_tunnels(handler: TunnelServiceHandler, count: int) -> None:
+    """Waits until ``handler`` holds ``count`` live reverse tunnels."""
+    while len(handler.all_reverse_tunnels()) < count:
+        await handler._reverse.wait_changed()
 
 
 async def wait(awaitable: Awaitable[Any], timeout: float = 5.0) -> Any:

@@ -23,7 +23,15 @@ from grpctunnel import (
 from grpctunnel_demo.v1.echo_pb2 import EchoRequest
 from grpctunnel_demo.v1.echo_pb2_grpc import EchoStub
 
-from .conftest import Backend, echo, new_reverse_server, start_backend, wait
+from .conftest import (
+    Backend,
+    echo,
+    forward_sessions,
+    new_reverse_server,
+    start_backend,
+    wait,
+    wait_for_reverse_tunnels,
+)
 
 
 @pytest.fixture
@@ -77,11 +85,11 @@ async def test_tunnels_open_and_close_over_the_servers_life(
     handler = backend.handler
     keeper = await PendingChannel(backend.dial()).start()  # lives throughout
     stack.push_async_callback(keeper.close)
-    [keeper_serving] = handler._forward
+    [keeper_serving] = forward_sessions(handler)
     for i in range(10):
         channel = await PendingChannel(backend.dial()).start()
         assert handler.forward_tunnels == 2
-        [serving] = [s for s in handler._forward if s is not keeper_serving and not s.closed]
+        [serving] = [s for s in forward_sessions(handler) if s is not keeper_serving]
         assert await echo(channel, f"round {i}") == f"round {i}"
         assert await echo(keeper, "keeper") == "keeper"
         await channel.close()
@@ -118,8 +126,7 @@ async def test_one_reverse_server_with_several_tunnels(stack: contextlib.AsyncEx
     assert len(rts.tunnels) == 2
     pool = handler.as_channel()
     await pool.channel_ready()
-    while len(handler.all_reverse_tunnels()) < 2:
-        await handler._reverse_changed.wait()
+    await wait(wait_for_reverse_tunnels(handler, 2))
 
     await asyncio.gather(*(echo(pool, "x") for _ in range(40)))
     opened = [t.session.conn._last_stream_id for t in handler.all_reverse_tunnels()]
@@ -133,8 +140,7 @@ async def test_one_reverse_server_with_several_tunnels(stack: contextlib.AsyncEx
     assert [await echo(pool, str(i)) for i in range(5)] == [str(i) for i in range(5)]
     # a new tunnel after the loss
     third = await rts.serve()
-    while len(handler.all_reverse_tunnels()) < 2:
-        await handler._reverse_changed.wait()
+    await wait(wait_for_reverse_tunnels(handler, 2))
     assert await echo(pool, "after") == "after"
     assert {id(t) for t in rts.tunnels} == {id(second), id(third)}
     await rts.stop()

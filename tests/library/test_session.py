@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
+from grpctunnel.opening import TunnelOpening
 from grpctunnel.protocol import ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
 from grpctunnel.session import EOF
@@ -71,14 +72,8 @@ class Recorder:
 def _session(stream: GatedStream, registry: ServiceRegistry, negotiated: bool) -> ServingSession:
     conn = ServingConnection(negotiated=negotiated)
     conn.start()
-    session = ServingSession(
-        stream,
-        conn,
-        peer="test",
-        tunnel_metadata=(),
-        binary_base64=True,
-        registry=registry,
-    )
+    opening = TunnelOpening((), "test", negotiated=negotiated, extended=True, batches=False)
+    session = ServingSession(stream, conn, opening, registry=registry)
     session.flush()
     return session
 
@@ -92,7 +87,7 @@ async def test_teardown_survives_a_cancel_while_the_loops_wind_down() -> None:
     stream.swallow_cancel = True  # ... and takes its time to give up
     session = _session(stream, ServiceRegistry(), negotiated=True)
     listener = Recorder()
-    session.listeners[1] = listener
+    session.add_listener(1, listener)
     run = asyncio.ensure_future(session.run())
     await wait(stream.writing.wait())
     stream.inbox.put_nowait(EOF)  # the peer half-closes the tunnel RPC
@@ -156,7 +151,7 @@ async def test_wait_idle_gives_up_after_its_timeout() -> None:
     stream = GatedStream()
     session = _session(stream, ServiceRegistry(), negotiated=False)
     run = asyncio.ensure_future(session.run())
-    session.listeners[1] = Recorder()
+    session.add_listener(1, Recorder())
     assert await session.wait_idle(0.05) is False
     session.close("test over")
     await asyncio.gather(run, return_exceptions=True)

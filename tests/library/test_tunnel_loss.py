@@ -14,7 +14,7 @@ import pytest
 from grpctunnel import PendingChannel
 from grpctunnel_demo.v1 import echo_pb2
 
-from .conftest import Backend, Env, EnvFactory, echo, wait
+from .conftest import Backend, Env, EnvFactory, echo, forward_sessions, wait
 
 Req = echo_pb2.EchoRequest
 Exp = echo_pb2.ExpandRequest
@@ -124,7 +124,7 @@ async def test_forward_channel_close_ends_calls_and_handlers(backend: Backend) -
     probe = backend.servicer.probe
     calls = [echo_pb2_stub(channel).Echo(Req(msg="freeze")) for _ in range(3)]
     await probe.wait_frozen(3)
-    serving = list(backend.handler._forward)
+    serving = forward_sessions(backend.handler)
     assert len(serving) == 1
     await channel.close()
     for call in calls:  # as with grpc.aio: closing the channel cancels its calls
