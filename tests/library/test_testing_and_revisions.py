@@ -1,5 +1,6 @@
-"""grpctunnel.testing.TunnelPair as users would use it for their own servicers, and
-protocol revision zero chosen by options on real forward and reverse tunnels."""
+"""grpctunnel.testing.TunnelPair as users would use it for their own servicers (forward,
+and reverse: the serving side dials), and protocol revision zero chosen by options on
+real forward and reverse tunnels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
 from grpctunnel.options import TunnelOptions
@@ -98,6 +100,93 @@ async def test_tunnel_pair_exit_ends_calls_in_progress() -> None:
         await call
     assert await call.code() == grpc.StatusCode.CANCELLED
     await servicer.probe.wait_unfrozen(1)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Echo(Req(msg="after"))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# -- the reverse pair: the serving side dials -------------------------------------------
+
+
+@pytest.mark.parametrize(("extended", "negotiate"), [(True, True), (False, True), (False, False)])
+async def test_reverse_tunnel_pair_with_a_users_servicer(extended: bool, negotiate: bool) -> None:
+    async with TunnelPair(extended=extended, negotiate=negotiate, reverse=True) as pair:
+        echo_pb2_grpc.add_EchoServicer_to_server(Greeter(), pair.server)  # type: ignore[no-untyped-call]
+        stub = echo_pb2_grpc.EchoStub(pair.channel)  # type: ignore[no-untyped-call]
+        # the four kinds of call
+        call = stub.Echo(Req(msg="hi"), metadata=(("user", "bo"),))
+        assert (await call).msg == "hello bo: hi"
+        assert ("greeted", "bo") in list(await call.initial_metadata())
+        assert ("polite", "yes") in list(await call.trailing_metadata())
+        expanded = [r.index async for r in stub.Expand(echo_pb2.ExpandRequest(msg="x", count=3))]
+        assert expanded == [0, 1, 2]
+        assert (await stub.Collect(iter([Req(msg="a"), Req(msg="b")]))).msg == "a+b"
+        chat = stub.Chat()
+        await chat.write(Req(msg="abc"))
+        assert (await chat.read()).msg == "cba"
+        await chat.done_writing()
+        assert [r.msg async for r in chat] == []
+        # an error status
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Echo(Req())
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "say something"
+        assert pair.calling_session is not None
+        assert pair.calling_session.conn.revision == (1 if negotiate else 0)
+
+
+async def test_reverse_tunnel_pair_deadline_cancel_and_rich_status() -> None:
+    servicer = EchoProbeServicer("dialler")
+    probe = servicer.probe
+    async with TunnelPair(reverse=True, tunnel_metadata=(("name", "exposed"),)) as pair:
+        echo_pb2_grpc.add_EchoServicer_to_server(servicer, pair.server)  # type: ignore[no-untyped-call]
+        stub = echo_pb2_grpc.EchoStub(pair.channel)  # type: ignore[no-untyped-call]
+        # the accepting side holds the tunnel, with the metadata the dialling side sent
+        tunnel = pair.reverse_tunnel
+        assert tunnel is not None and not tunnel.closed
+        assert tunnel.metadata == (("name", "exposed"),)
+        assert (await stub.Echo(Req(msg="whoami"))).msg == "dialler"
+        assert (await stub.Echo(Req(msg="tunnelmd"))).msg == ""  # the server sent none
+        # a deadline: the caller gets DEADLINE_EXCEEDED, the handler is cancelled
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Echo(Req(msg="freeze"), timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await probe.wait_unfrozen(1)
+        assert probe.context_cancelled == [True]
+        # cancellation by the caller, in the middle of a stream
+        call = stub.Expand(echo_pb2.ExpandRequest(msg="freeze"))
+        assert (await call.read()).msg == "first"
+        await probe.wait_frozen(2)
+        assert tunnel.active_calls == 1
+        assert call.cancel()
+        await probe.wait_unfrozen(2)
+        assert await call.code() == grpc.StatusCode.CANCELLED
+        # an error status with details
+        code = grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Echo(Req(msg=f"rich:{code.name}"))
+        assert info.value.code() == code
+        assert info.value.details() == f"rich {code.name}"
+        [raw] = [v for k, v in info.value.trailing_metadata() if k == "grpc-status-details-bin"]
+        status = status_pb2.Status.FromString(raw)
+        assert status.code == code.value[0] and len(status.details) == 1
+        assert status.details[0].Is(error_details_pb2.ErrorInfo.DESCRIPTOR)
+        assert tunnel.active_calls == 0
+
+
+async def test_reverse_tunnel_pair_exit_ends_calls_in_progress() -> None:
+    servicer = EchoProbeServicer()
+    async with TunnelPair(reverse=True) as pair:
+        echo_pb2_grpc.add_EchoServicer_to_server(servicer, pair.server)  # type: ignore[no-untyped-call]
+        stub = echo_pb2_grpc.EchoStub(pair.channel)  # type: ignore[no-untyped-call]
+        call = stub.Echo(Req(msg="freeze"))
+        await servicer.probe.wait_frozen(1)
+        tunnel = pair.reverse_tunnel
+    with pytest.raises(asyncio.CancelledError):  # as with a forward pair
+        await call
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    await servicer.probe.wait_unfrozen(1)
+    assert tunnel is not None and tunnel.closed
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Echo(Req(msg="after"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
