@@ -1,49 +1,30 @@
-"""What the client commands (call, list, describe) do alike before their own work: check
-their connection and security options, connect, and ask reflection with the same metadata.
+"""What the client commands (call, list, describe) do alike before their own work:
+connect, and ask reflection with the same metadata as the call.
 
-`ClientOptions` holds those options as given, checked for usage errors (exit 2) as it is
-made; `connect` turns it into a `Connection`: the connected channel, the metadata every
-request carries (the ``-H`` headers, then the token) and the `DescriptorSource` asking the
-server's reflection with it. A refusal for want of credentials gets a hint saying which.
+`connect` turns their `ConnectionOptions` and `SecurityOptions` into a `Connection`: the
+connected channel, the metadata every request carries (the ``-H`` headers, then the
+token) and the `DescriptorSource` asking the server's reflection with it. A refusal for
+want of credentials gets a hint saying which.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
-from grpctunnel_cli.command import DEFAULT_REFLECTION_TIMEOUT, check_timeout
 from grpctunnel_cli.connect import connected_channel
 from grpctunnel_cli.errors import StatusError
 from grpctunnel_cli.metadata import Metadata, parse_headers
+from grpctunnel_cli.options import ConnectionOptions, SecurityOptions
 from grpctunnel_cli.reflection import DescriptorSource
-from grpctunnel_cli.security import ClientSecurity, client_security
+from grpctunnel_cli.security import ClientSecurity
 
-__all__ = ["ClientOptions", "Connection", "connect"]
+__all__ = ["DEFAULT_REFLECTION_TIMEOUT", "Connection", "connect"]
 
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """The connection and security options of a client command, as given."""
-
-    server: str
-    headers: Sequence[str] | None
-    timeout: float | None
-    connect_timeout: float
-    token: str | None
-    token_file: Path | None
-    tls: bool
-    ca_cert: Path | None
-    cert: Path | None
-    key: Path | None
-
-    def __post_init__(self) -> None:
-        check_timeout(self.timeout, "--timeout")
-        check_timeout(self.connect_timeout, "--connect-timeout")
+DEFAULT_REFLECTION_TIMEOUT = 30.0  # each reflection request, unless --timeout says otherwise
 
 
 @dataclass(frozen=True)
@@ -57,17 +38,12 @@ class Connection:
 
 
 @asynccontextmanager
-async def connect(options: ClientOptions) -> AsyncIterator[Connection]:
+async def connect(
+    options: ConnectionOptions, security_options: SecurityOptions
+) -> AsyncIterator[Connection]:
     """The connected channel (closed after), with the metadata and reflection source of
     the command's requests."""
-    security = client_security(
-        token=options.token,
-        token_file=options.token_file,
-        tls=options.tls,
-        ca_cert=options.ca_cert,
-        cert=options.cert,
-        key=options.key,
-    )
+    security = security_options.read()
     metadata = (*parse_headers(options.headers or ()), *security.metadata())
     reflection_timeout = options.timeout or DEFAULT_REFLECTION_TIMEOUT
     try:

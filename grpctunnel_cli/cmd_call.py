@@ -11,9 +11,8 @@ from typing import Annotated
 import grpc
 import typer
 
-from grpctunnel_cli.client import ClientOptions, connect
-from grpctunnel_cli.command import DEFAULT_CONNECT_TIMEOUT, run
-from grpctunnel_cli.connect import DEFAULT_SERVER
+from grpctunnel_cli.client import connect
+from grpctunnel_cli.command import run
 from grpctunnel_cli.invoke import (
     CallStatus,
     invoke,
@@ -23,16 +22,9 @@ from grpctunnel_cli.invoke import (
 )
 from grpctunnel_cli.options import (
     OUTPUT,
-    CaCertOption,
-    CertOption,
-    ConnectTimeoutOption,
-    HeaderOption,
-    KeyOption,
-    ServerOption,
-    TimeoutOption,
-    TlsOption,
-    TokenFileOption,
-    TokenOption,
+    ConnectionOptions,
+    SecurityOptions,
+    option_groups,
     switch,
     verbose_option,
 )
@@ -41,6 +33,7 @@ from grpctunnel_cli.render import Renderer
 __all__ = ["call"]
 
 
+@option_groups
 def call(
     method: Annotated[
         str,
@@ -61,16 +54,9 @@ def call(
             show_default=False,
         ),
     ] = None,
-    server: ServerOption = DEFAULT_SERVER,
-    header: HeaderOption = None,
-    timeout: TimeoutOption = None,
-    connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    tls: TlsOption = False,
-    ca_cert: CaCertOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
+    *,
+    connection: ConnectionOptions,
+    security: SecurityOptions,
     emit_defaults: Annotated[
         bool, switch("--emit-defaults", help="Show fields that hold default values.", panel=OUTPUT)
     ] = False,
@@ -92,20 +78,21 @@ def call(
     one JSON line (pretty JSON on a terminal). A call that ends with an error status
     prints it on stderr and exits 64 + its code.
     """
-    client = ClientOptions(
-        server, header, timeout, connect_timeout, token, token_file, tls, ca_cert, cert, key
-    )
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
 
     async def body() -> int:
-        async with connect(client) as connection:
-            source = connection.source
+        async with connect(connection, security) as connected:
+            source = connected.source
             resolved = await source.resolve_method(method)
             renderer.pool = source.pool
-            renderer.request_start(resolved, connection.metadata)
+            renderer.request_start(resolved, connected.metadata)
             requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
             calling = invoke(
-                connection.channel, resolved, requests, metadata=connection.metadata, timeout=timeout
+                connected.channel,
+                resolved,
+                requests,
+                metadata=connected.metadata,
+                timeout=connection.timeout,
             )
             code = 0
             async for event in calling:
@@ -113,7 +100,7 @@ def call(
                 if isinstance(event, CallStatus):
                     code = status_exit_code(event.code)
                     if event.code is grpc.StatusCode.UNAUTHENTICATED:
-                        renderer.info(f"  hint: {connection.security.token_hint()}")
+                        renderer.info(f"  hint: {connected.security.token_hint()}")
             return code
 
     run(body, renderer)

@@ -14,36 +14,29 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from grpctunnel import keepalive
 from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, ExposeStats
-from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
-from grpctunnel_cli.command import DEFAULT_CONNECT_TIMEOUT, on_stop_signal, run
+from grpctunnel_cli.command import on_stop_signal, run
 from grpctunnel_cli.connect import open_channel, wait_until_ready
 from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError
 from grpctunnel_cli.logs import setup_logging
 from grpctunnel_cli.options import (
     CONNECTION,
-    CaCertOption,
-    CertOption,
+    DEFAULT_CONNECT_TIMEOUT,
     ConnectTimeoutOption,
-    KeepaliveIntervalOption,
-    KeepaliveTimeoutOption,
-    KeyOption,
-    MaxMessageMibOption,
-    TlsOption,
-    TokenFileOption,
-    TokenOption,
+    RelayOptions,
+    SecurityOptions,
+    option_groups,
     verbose_option,
 )
 from grpctunnel_cli.render import Renderer
-from grpctunnel_cli.security import ClientSecurity, client_security
+from grpctunnel_cli.security import ClientSecurity
 
 __all__ = ["expose"]
 
-MIB = 1024 * 1024
 EXPOSING = "Exposing"
 
 
+@option_groups
 def expose(
     backend: Annotated[
         str,
@@ -103,15 +96,9 @@ def expose(
             rich_help_panel=EXPOSING,
         ),
     ] = 1,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    tls: TlsOption = False,
-    ca_cert: CaCertOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    max_message_mib: MaxMessageMibOption = DEFAULT_MAX_MESSAGE_LENGTH // MIB,
-    keepalive_interval: KeepaliveIntervalOption = keepalive.DEFAULT_INTERVAL,
-    keepalive_timeout: KeepaliveTimeoutOption = keepalive.DEFAULT_TIMEOUT,
+    *,
+    security_options: SecurityOptions,
+    relay: RelayOptions,
     verbose: Annotated[
         bool, verbose_option("Also log one line per relayed call (method, status, time).")
     ] = False,
@@ -126,9 +113,7 @@ def expose(
     console = setup_logging(verbose)
 
     async def body() -> int:
-        security = client_security(
-            token=token, token_file=token_file, tls=tls, ca_cert=ca_cert, cert=cert, key=key
-        )
+        security = security_options.read()
         await _check_tls(to, security, connect_timeout)
         config = ExposeConfig(
             backend=backend,
@@ -140,9 +125,9 @@ def expose(
             connect_timeout=connect_timeout,
             metadata=security.metadata(),
             server_credentials=security.credentials(),
-            keepalive_interval=keepalive_interval,
-            keepalive_timeout=keepalive_timeout,
-            max_message_length=max_message_mib * MIB,
+            keepalive_interval=relay.keepalive_interval,
+            keepalive_timeout=relay.keepalive_timeout,
+            max_message_length=relay.max_message_length,
         )
         live: Live | None = None
 

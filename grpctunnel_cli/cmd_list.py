@@ -6,26 +6,15 @@ from typing import Annotated
 
 import typer
 
-from grpctunnel_cli.client import ClientOptions, connect
-from grpctunnel_cli.command import DEFAULT_CONNECT_TIMEOUT, run
-from grpctunnel_cli.connect import DEFAULT_SERVER
-from grpctunnel_cli.options import (
-    CaCertOption,
-    CertOption,
-    ConnectTimeoutOption,
-    HeaderOption,
-    KeyOption,
-    ServerOption,
-    TimeoutOption,
-    TlsOption,
-    TokenFileOption,
-    TokenOption,
-)
+from grpctunnel_cli.client import connect
+from grpctunnel_cli.command import run
+from grpctunnel_cli.options import ConnectionOptions, SecurityOptions, option_groups
 from grpctunnel_cli.render import Renderer
 
 __all__ = ["list_services"]
 
 
+@option_groups
 def list_services(
     service: Annotated[
         str | None,
@@ -36,29 +25,19 @@ def list_services(
             show_default=False,
         ),
     ] = None,
-    server: ServerOption = DEFAULT_SERVER,
-    header: HeaderOption = None,
-    timeout: TimeoutOption = None,
-    connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
-    token: TokenOption = None,
-    token_file: TokenFileOption = None,
-    tls: TlsOption = False,
-    ca_cert: CaCertOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
+    *,
+    connection: ConnectionOptions,
+    security: SecurityOptions,
 ) -> None:
     """List the services of a server, or the methods of one.
 
     One full name per line, sorted, as reflection gives them.
     """
-    client = ClientOptions(
-        server, header, timeout, connect_timeout, token, token_file, tls, ca_cert, cert, key
-    )
     renderer = Renderer()
 
     async def body() -> int:
-        async with connect(client) as connection:
-            source = connection.source
+        async with connect(connection, security) as connected:
+            source = connected.source
             if service is None:
                 renderer.names(await source.list_services())
             else:

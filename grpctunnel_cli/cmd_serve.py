@@ -15,10 +15,9 @@ from typing import Annotated
 import grpc
 import typer
 
-from grpctunnel import keepalive
 from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
 from grpctunnel.gateway.auth import AuthConfigError, TokenAuthority
-from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH, DEFAULT_MAX_STREAMS_PER_TUNNEL
+from grpctunnel.gateway.server import DEFAULT_MAX_STREAMS_PER_TUNNEL
 from grpctunnel_cli.command import run, until_signalled
 from grpctunnel_cli.errors import CliError, UsageError
 from grpctunnel_cli.logs import setup_logging
@@ -27,10 +26,9 @@ from grpctunnel_cli.options import (
     LISTENING,
     SECURITY,
     HostOption,
-    KeepaliveIntervalOption,
-    KeepaliveTimeoutOption,
-    MaxMessageMibOption,
     PortOption,
+    RelayOptions,
+    option_groups,
     switch,
     verbose_option,
 )
@@ -41,9 +39,8 @@ __all__ = ["serve"]
 
 log = logging.getLogger("grpctunnel")
 
-MIB = 1024 * 1024
 
-
+@option_groups
 def serve(
     host: HostOption = "127.0.0.1",
     port: PortOption = 50051,
@@ -116,7 +113,8 @@ def serve(
             panel=SECURITY,
         ),
     ] = False,
-    max_message_mib: MaxMessageMibOption = DEFAULT_MAX_MESSAGE_LENGTH // MIB,
+    *,
+    relay: RelayOptions,
     max_streams: Annotated[
         int,
         typer.Option(
@@ -128,8 +126,6 @@ def serve(
             rich_help_panel=LIMITS,
         ),
     ] = DEFAULT_MAX_STREAMS_PER_TUNNEL,
-    keepalive_interval: KeepaliveIntervalOption = keepalive.DEFAULT_INTERVAL,
-    keepalive_timeout: KeepaliveTimeoutOption = keepalive.DEFAULT_TIMEOUT,
     verbose: Annotated[
         bool,
         verbose_option(
@@ -157,10 +153,10 @@ def serve(
                 port=port,
                 credentials=credentials,
                 authority=authority,
-                max_message_length=max_message_mib * MIB,
+                max_message_length=relay.max_message_length,
                 max_streams_per_tunnel=max_streams,
-                keepalive_interval=keepalive_interval,
-                keepalive_timeout=keepalive_timeout,
+                keepalive_interval=relay.keepalive_interval,
+                keepalive_timeout=relay.keepalive_timeout,
                 observer=_log_call,
             )
         )

@@ -22,25 +22,10 @@ import typer
 from grpctunnel_cli.errors import CliError
 from grpctunnel_cli.render import Renderer
 
-__all__ = [
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_REFLECTION_TIMEOUT",
-    "EXIT_CODES_HELP",
-    "EXIT_LOCAL_FAILURE",
-    "EXIT_OK",
-    "check_timeout",
-    "on_stop_signal",
-    "run",
-    "until_signalled",
-]
+__all__ = ["EXIT_CODES_HELP", "on_stop_signal", "run", "until_signalled"]
 
-EXIT_OK = 0
-EXIT_LOCAL_FAILURE = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # as if killed by SIGPIPE, like other tools writing to a closed pipe
-
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_REFLECTION_TIMEOUT = 30.0
 
 EXIT_CODES_HELP = (
     "Exit status: 0 success; 1 local failure (cannot connect, name does not resolve, bad "
@@ -49,12 +34,6 @@ EXIT_CODES_HELP = (
 )
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def check_timeout(value: float | None, option: str) -> None:
-    """Reject a non-positive timeout as a usage error (exit 2)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter("must be a positive number of seconds", param_hint=option)
 
 
 def _silence_stdout() -> None:

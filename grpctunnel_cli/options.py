@@ -1,47 +1,54 @@
 """The options more than one command takes, declared once: name, help, metavar and panel.
 
-A command takes one as a parameter annotation (``server: ServerOption = DEFAULT_SERVER``),
-so the option reads and behaves the same in every command that has it; reading what was
-given stays with the command (security.py, client.py). An option of one command only is
-declared with its command. `verbose_option` is the one shared option whose help each
-command writes itself, since ``-v`` shows something different in each.
+Options that go together are fields of a dataclass a command takes as one parameter:
+`ConnectionOptions` and `SecurityOptions` (call, list, describe; expose takes the
+second), `RelayOptions` (serve, expose). Typer cannot read a dataclass parameter, so
+`option_groups` shows it the fields as options and hands the command the dataclass.
+Shared options that stand alone are ``Annotated`` aliases (``--connect-timeout``,
+``--host``, ``--port``); `verbose_option` is shared, but each command writes its help,
+since ``-v`` shows something different in each. An option of one command only is
+declared with its command.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from grpctunnel_cli.connect import SERVER_ENV
-from grpctunnel_cli.security import TOKEN_ENV
+from grpctunnel import keepalive
+from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
+from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
+from grpctunnel_cli.security import TOKEN_ENV, ClientSecurity, client_security
 
 __all__ = [
     "CONNECTION",
+    "DEFAULT_CONNECT_TIMEOUT",
     "KEEPALIVE",
     "LIMITS",
     "LISTENING",
     "OUTPUT",
     "SECURITY",
-    "CaCertOption",
-    "CertOption",
     "ConnectTimeoutOption",
-    "HeaderOption",
+    "ConnectionOptions",
     "HostOption",
-    "KeepaliveIntervalOption",
-    "KeepaliveTimeoutOption",
-    "KeyOption",
-    "MaxMessageMibOption",
     "PortOption",
-    "ServerOption",
-    "TimeoutOption",
-    "TlsOption",
-    "TokenFileOption",
-    "TokenOption",
+    "RelayOptions",
+    "SecurityOptions",
+    "option_groups",
     "switch",
     "verbose_option",
 ]
+
+MIB = 1024 * 1024
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 # The help panels options are grouped in.
 CONNECTION = "Connection"
@@ -62,42 +69,12 @@ def verbose_option(help: str) -> Any:
     return switch("--verbose", "-v", help=help, panel=OUTPUT)
 
 
-# --- connecting to a server ---------------------------------------------------------------
+def _check_timeout(value: float | None, option: str) -> None:
+    """Reject a non-positive timeout as a usage error (exit 2)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint=option)
 
-ServerOption = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        "-s",
-        envvar=SERVER_ENV,
-        show_envvar=True,
-        metavar="HOST:PORT",
-        help="Server to connect to.",
-        rich_help_panel=CONNECTION,
-    ),
-]
-HeaderOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--header",
-        "-H",
-        metavar="'KEY: VALUE'",
-        help="Request metadata, repeatable; base64 values for keys ending in -bin. "
-        "Sent with reflection requests too.",
-        show_default=False,
-        rich_help_panel=CONNECTION,
-    ),
-]
-TimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        "--timeout",
-        metavar="SECONDS",
-        help="Deadline of the call, and of each reflection request (those default to 30).",
-        show_default=False,
-        rich_help_panel=CONNECTION,
-    ),
-]
+
 ConnectTimeoutOption = Annotated[
     float,
     typer.Option(
@@ -107,65 +84,6 @@ ConnectTimeoutOption = Annotated[
         rich_help_panel=CONNECTION,
     ),
 ]
-
-# --- client security: TLS and a bearer token ------------------------------------------------
-
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        metavar="TOKEN",
-        help=f"Bearer token to send as 'authorization: Bearer ...' (default: ${TOKEN_ENV}).",
-        show_default=False,
-        rich_help_panel=SECURITY,
-    ),
-]
-TokenFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        metavar="FILE",
-        help="Read the bearer token from this file.",
-        show_default=False,
-        rich_help_panel=SECURITY,
-    ),
-]
-TlsOption = Annotated[
-    bool, switch("--tls", help="Connect with TLS (implied by --ca-cert or --cert).", panel=SECURITY)
-]
-CaCertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca-cert",
-        metavar="FILE",
-        help="CA certificate (PEM) to verify the server with; default: the system's.",
-        show_default=False,
-        rich_help_panel=SECURITY,
-    ),
-]
-CertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--cert",
-        metavar="FILE",
-        help="Client certificate (PEM), for servers requiring one.",
-        show_default=False,
-        rich_help_panel=SECURITY,
-    ),
-]
-KeyOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--key",
-        metavar="FILE",
-        help="Private key (PEM) of --cert.",
-        show_default=False,
-        rich_help_panel=SECURITY,
-    ),
-]
-
-# --- listening --------------------------------------------------------------------------------
-
 HostOption = Annotated[
     str,
     typer.Option("--host", metavar="ADDRESS", help="Address to listen on.", rich_help_panel=LISTENING),
@@ -183,35 +101,200 @@ PortOption = Annotated[
     ),
 ]
 
-# --- relaying: message size and keepalive -----------------------------------------------------
 
-MaxMessageMibOption = Annotated[
-    int,
-    typer.Option(
-        "--max-message-mib",
-        min=1,
-        metavar="MIB",
-        help="Largest message relayed, in MiB.",
-        rich_help_panel=LIMITS,
-    ),
-]
-KeepaliveIntervalOption = Annotated[
-    float,
-    typer.Option(
-        "--keepalive-interval",
-        min=0.1,
-        metavar="SECONDS",
-        help="Time between keepalive pings on each connection.",
-        rich_help_panel=KEEPALIVE,
-    ),
-]
-KeepaliveTimeoutOption = Annotated[
-    float,
-    typer.Option(
-        "--keepalive-timeout",
-        min=0.1,
-        metavar="SECONDS",
-        help="Time without a ping answer before a connection is dropped, with its tunnels.",
-        rich_help_panel=KEEPALIVE,
-    ),
-]
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Where a client command connects, and what its requests carry besides the token.
+    Non-positive timeouts are usage errors (exit 2)."""
+
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            "-s",
+            envvar=SERVER_ENV,
+            show_envvar=True,
+            metavar="HOST:PORT",
+            help="Server to connect to.",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = DEFAULT_SERVER
+    headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="'KEY: VALUE'",
+            help="Request metadata, repeatable; base64 values for keys ending in -bin. "
+            "Sent with reflection requests too.",
+            show_default=False,
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            help="Deadline of the call, and of each reflection request (those default to 30).",
+            show_default=False,
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None
+    connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout, "--timeout")
+        _check_timeout(self.connect_timeout, "--connect-timeout")
+
+
+@dataclass(frozen=True)
+class SecurityOptions:
+    """A client command's TLS and token options, as given."""
+
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help=f"Bearer token to send as 'authorization: Bearer ...' (default: ${TOKEN_ENV}).",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="Read the bearer token from this file.",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+    tls: Annotated[
+        bool,
+        switch("--tls", help="Connect with TLS (implied by --ca-cert or --cert).", panel=SECURITY),
+    ] = False
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert",
+            metavar="FILE",
+            help="CA certificate (PEM) to verify the server with; default: the system's.",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert",
+            metavar="FILE",
+            help="Client certificate (PEM), for servers requiring one.",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            metavar="FILE",
+            help="Private key (PEM) of --cert.",
+            show_default=False,
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+
+    def read(self) -> ClientSecurity:
+        """The files read and the options checked (a CliError if they cannot be)."""
+        return client_security(
+            token=self.token,
+            token_file=self.token_file,
+            tls=self.tls,
+            ca_cert=self.ca_cert,
+            cert=self.cert,
+            key=self.key,
+        )
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """How a relaying command (serve, expose) bounds messages and keeps connections up."""
+
+    max_message_mib: Annotated[
+        int,
+        typer.Option(
+            "--max-message-mib",
+            min=1,
+            metavar="MIB",
+            help="Largest message relayed, in MiB.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = DEFAULT_MAX_MESSAGE_LENGTH // MIB
+    keepalive_interval: Annotated[
+        float,
+        typer.Option(
+            "--keepalive-interval",
+            min=0.1,
+            metavar="SECONDS",
+            help="Time between keepalive pings on each connection.",
+            rich_help_panel=KEEPALIVE,
+        ),
+    ] = keepalive.DEFAULT_INTERVAL
+    keepalive_timeout: Annotated[
+        float,
+        typer.Option(
+            "--keepalive-timeout",
+            min=0.1,
+            metavar="SECONDS",
+            help="Time without a ping answer before a connection is dropped, with its tunnels.",
+            rich_help_panel=KEEPALIVE,
+        ),
+    ] = keepalive.DEFAULT_TIMEOUT
+
+    @property
+    def max_message_length(self) -> int:
+        """--max-message-mib in bytes."""
+        return self.max_message_mib * MIB
+
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def option_groups(command: Callable[..., None]) -> Callable[..., None]:
+    """The command as Typer should see it: each parameter annotated with an option group
+    (a dataclass above) stands for the group's fields, as options in its place; the
+    command is called with the group built from them."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    groups: dict[str, type[Any]] = {}
+    shown: list[inspect.Parameter] = []
+    for parameter in inspect.signature(command).parameters.values():
+        annotation = hints[parameter.name]
+        if not (isinstance(annotation, type) and dataclasses.is_dataclass(annotation)):
+            shown.append(parameter.replace(kind=_KEYWORD, annotation=annotation))
+            continue
+        groups[parameter.name] = annotation
+        fields = typing.get_type_hints(annotation, include_extras=True)
+        shown.extend(
+            inspect.Parameter(
+                f"{parameter.name}__{field.name}",
+                _KEYWORD,
+                default=field.default,
+                annotation=fields[field.name],
+            )
+            for field in dataclasses.fields(annotation)
+        )
+
+    @functools.wraps(command)
+    def grouped(**given: Any) -> None:
+        for name, group in groups.items():
+            prefix = f"{name}__"
+            values = {key: given.pop(key) for key in list(given) if key.startswith(prefix)}
+            given[name] = group(**{key.removeprefix(prefix): v for key, v in values.items()})
+        command(**given)
+
+    grouped.__signature__ = inspect.Signature(shown)  # type: ignore[attr-defined]
+    grouped.__annotations__ = {parameter.name: parameter.annotation for parameter in shown}
+    return grouped

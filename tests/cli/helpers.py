@@ -50,15 +50,17 @@ async def run_cli(
     stdin: str | None = None,
     cwd: Path | None = None,
     timeout: float = CLI_TIMEOUT,
+    env: dict[str, str] | None = None,
 ) -> Result:
-    """Run the installed `grpctunnel` console script and collect its output."""
+    """Run the installed `grpctunnel` console script and collect its output (``env``:
+    variables to set on top of the test's)."""
     process = await asyncio.create_subprocess_exec(
         str(GRPCTUNNEL),
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(server),
+        env=cli_env(server, **(env or {})),
         cwd=cwd,
     )
     try:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
+import os
+import signal
 from collections.abc import Callable, Generator
 
 import grpc
 import pytest
+import typer
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from grpctunnel_cli.command import on_stop_signal, until_signalled
 from grpctunnel_cli.errors import InputError, ResolutionError
 from grpctunnel_cli.invoke import JsonValueSplitter, parse_message, status_exit_code
 from grpctunnel_cli.metadata import parse_header, parse_headers
+from grpctunnel_cli.options import ConnectionOptions, RelayOptions, option_groups
 from grpctunnel_cli.reflection import match_names, pick_name, split_method_name
 from grpctunnel_cli.render import describe_text, message_to_json, status_details
 from grpctunnel_cli.rpc_status import FirstStatus, error_status
@@ -354,3 +361,51 @@ def test_first_status_ignores_calls_it_cannot_read() -> None:
     first = FirstStatus(call)
     call.finish(grpc.StatusCode.ABORTED, "x")
     assert first.value is None
+
+
+# --- option groups and stop signals ------------------------------------------------------------
+
+
+def test_option_groups_show_fields_and_hand_back_the_group() -> None:
+    seen: list[object] = []
+
+    @option_groups
+    def command(name: str, *, connection: ConnectionOptions, relay: RelayOptions) -> None:
+        seen.extend((name, connection, relay))
+
+    shown = inspect.signature(command).parameters
+    assert list(shown)[:3] == ["name", "connection__server", "connection__headers"]
+    assert shown["relay__max_message_mib"].default == 64
+    command(
+        name="n",
+        connection__server="h:1",
+        connection__headers=None,
+        connection__timeout=2.0,
+        connection__connect_timeout=3.0,
+        relay__max_message_mib=1,
+        relay__keepalive_interval=4.0,
+        relay__keepalive_timeout=5.0,
+    )
+    assert seen == ["n", ConnectionOptions("h:1", None, 2.0, 3.0), RelayOptions(1, 4.0, 5.0)]
+    with pytest.raises(typer.BadParameter):
+        ConnectionOptions(timeout=0)
+
+
+async def test_stop_signals_are_caught_then_given_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    caught = asyncio.Event()
+    with on_stop_signal(caught.set):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(caught.wait(), 5)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    stopped: list[str] = []
+
+    async def stop() -> None:
+        stopped.append("stopped")
+
+    waiting = asyncio.ensure_future(
+        until_signalled(stop, ready=lambda: os.kill(os.getpid(), signal.SIGINT))
+    )
+    await asyncio.wait_for(waiting, 5)
+    assert stopped == ["stopped"]
