@@ -66,7 +66,7 @@ class TunnelOpening:
 def _connection(side: type[Conn], options: TunnelOptions, opening: TunnelOpening) -> Conn:
     """The protocol connection of one side of a tunnel so opened: the one place a
     connection is configured from the options and the opening."""
-    return side(**options.connection_args(opening))
+    return side(options.connection_config(opening))
 
 
 def calling_session(

@@ -1,4 +1,5 @@
-"""Options for both ends of a tunnel, and how they become protocol parameters.
+"""Options for both ends of a tunnel, and how they become a protocol connection's
+configuration.
 
 Between two peers of this project (both sent the extensions header) windows and chunks
 are large, which is what lets a tunnel stream near the speed of the transport; with any
@@ -15,12 +16,18 @@ import grpc
 
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.opening import TunnelOpening as TunnelOpening  # re-exported: it lived here
-from grpctunnel.protocol import DEFAULT_WINDOW, GO_CHUNK_SIZE, SUPPORTED_REVISIONS
+from grpctunnel.protocol import (
+    DEFAULT_MAX_RECEIVE_MESSAGE_SIZE,
+    DEFAULT_WINDOW,
+    GO_CHUNK_SIZE,
+    SUPPORTED_REVISIONS,
+    ConnectionConfig,
+)
 
 if TYPE_CHECKING:
     from grpctunnel.handler import ReverseTunnel
 
-DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = 4 * 1024 * 1024  # gRPC's default receive limit
+DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE  # gRPC's default limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
 EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RPC itself
 
@@ -44,24 +51,20 @@ class TunnelOptions:
     max_chunk_size: int | None = None
     max_concurrent_streams: int | None = None
 
-    def connection_args(self, opening: TunnelOpening) -> dict[str, Any]:
-        """Keyword arguments for the protocol connection of a tunnel so opened."""
-        return {
-            "negotiated": opening.negotiated,
-            **self.connection_params(extended_peer=opening.extended),
-        }
-
-    def connection_params(self, *, extended_peer: bool) -> dict[str, Any]:
-        """Keyword arguments for a protocol connection with this peer."""
-        window = self.initial_window_size or (EXTENDED_WINDOW if extended_peer else DEFAULT_WINDOW)
-        chunk = self.max_chunk_size or (EXTENDED_CHUNK_SIZE if extended_peer else GO_CHUNK_SIZE)
-        return {
-            "receive_window": window,
-            "max_chunk_size": chunk,
-            "max_receive_message_size": self.max_receive_message_length,
-            "supported_revisions": (0,) if self.disable_flow_control else SUPPORTED_REVISIONS,
-            "max_concurrent_streams": self.max_concurrent_streams,
-        }
+    def connection_config(self, opening: TunnelOpening) -> ConnectionConfig:
+        """The configuration of the protocol connection of a tunnel so opened."""
+        extended = opening.extended
+        window = self.initial_window_size or (EXTENDED_WINDOW if extended else DEFAULT_WINDOW)
+        chunk = self.max_chunk_size or (EXTENDED_CHUNK_SIZE if extended else GO_CHUNK_SIZE)
+        return ConnectionConfig(
+            negotiated=opening.negotiated,
+            receive_window=window,
+            max_chunk_size=chunk,
+            max_receive_message_size=self.max_receive_message_length,
+            supported_revisions=(0,) if self.disable_flow_control else SUPPORTED_REVISIONS,
+            max_concurrent_streams=self.max_concurrent_streams,
+            batching=opening.batches,
+        )
 
 
 @dataclass

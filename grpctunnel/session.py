@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import grpc
@@ -252,34 +252,26 @@ class Session(Generic[Conn, In, Out]):
             raise self.error
 
     async def _read_loop(self) -> None:
+        # every message read is a plain frame, or a batch of them (the connection
+        # checks it was negotiated); the connection takes them in one at a time, so
+        # that a listener acts on each frame's events before the next is taken in
         read = self.stream.read
-        receive = self.conn.receive
+        conn = self.conn
+        unbatch = conn.unbatch
+        receive = conn.receive
         listeners = self.listeners
         while True:
-            frame = await read()
+            frame: Any = await read()  # the connection's In frames (no type ties the two)
             if frame is EOF:
                 return
-            if frame.batch:
-                if not self.batch_frames:
-                    raise ProtocolError(
-                        "a batch of frames from a peer that did not negotiate batches",
-                        self.conn._stream_error_code,
-                    )
-                inner: Sequence[Any] = list(frame.batch)
-                if frame.WhichOneof("frame") is not None or any(f.batch for f in inner):
-                    raise ProtocolError(
-                        "a batch frame must hold only plain frames", self.conn._stream_error_code
-                    )
-            else:
-                inner = (frame,)
-            for one in inner:
+            for one in unbatch(frame):
                 for event in receive(one):
                     listener = listeners.get(event.stream_id)
                     if listener is not None:
                         listener.on_event(event)
                     else:
                         self.on_unclaimed_event(event)
-            if self.conn.wants_to_send():
+            if conn.wants_to_send():
                 self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -297,8 +289,6 @@ class Session(Generic[Conn, In, Out]):
                     break
                 if self._writable:
                     self._notify_writable()
-                if self.batch_frames and len(frames) > 1:
-                    frames = _batched(frames)
                 for frame in frames:
                     await write(frame)
             self._writing = False
@@ -346,40 +336,6 @@ def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
         if not fut.done():
             fut.set_result(None)
     futures.clear()
-
-
-# frames whose encoded size is below this are carried in batches; larger ones (chunks of
-# big messages) go alone, so that batching never copies bulk data
-_BATCH_FRAME_LIMIT = 16 * 1024
-_BATCH_BYTES = 256 * 1024
-
-
-def _batched(frames: list[Any]) -> list[Any]:
-    """Packs runs of small frames into batch frames, keeping the order."""
-    out: list[Any] = []
-    group: list[Any] = []
-    size = 0
-    for frame in frames:
-        n = frame.ByteSize()
-        if n >= _BATCH_FRAME_LIMIT or size + n > _BATCH_BYTES:
-            _flush_group(group, out)
-            group, size = [], 0
-            if n >= _BATCH_FRAME_LIMIT:
-                out.append(frame)
-                continue
-        group.append(frame)
-        size += n
-    _flush_group(group, out)
-    return out
-
-
-def _flush_group(group: list[Any], out: list[Any]) -> None:
-    if len(group) == 1:
-        out.append(group[0])
-    elif group:
-        batch = type(group[0])()
-        batch.batch.extend(group)
-        out.append(batch)
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:

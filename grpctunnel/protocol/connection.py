@@ -3,77 +3,82 @@
 :class:`CallingConnection` is the tunnel client: it opens streams and sends
 ``ClientToServer`` frames (the network client of a forward tunnel, the network server
 of a reverse one). :class:`ServingConnection` is the tunnel server: it accepts streams
-and sends ``ServerToClient`` frames.
+and sends ``ServerToClient`` frames. Both are built from a
+:class:`~grpctunnel.protocol.config.ConnectionConfig`.
 
-Neither does any I/O. Feed each frame read from the tunnel RPC to ``receive()``, which
-returns events and raises :class:`ProtocolError` when the peer broke the protocol badly
-enough to end the tunnel. Call the sending methods as the application acts. Then call
-``take_frames()`` and write what it returns, in order. Frames of different streams are
-interleaved round-robin, and a stream whose send window is spent waits for credit
-without holding up the others.
+Neither does any I/O. For each message read from the tunnel RPC, take the plain frames
+``unbatch()`` returns (the message itself, or the frames of a batch) and feed them one
+at a time to ``receive()``, which returns events and raises :class:`ProtocolError` when
+the peer broke the protocol badly enough to end the tunnel. Call the sending methods as
+the application acts. Then call ``take_frames()`` and write what it returns, in order
+(already packed into batches when batching was negotiated). Frames of different
+streams are interleaved round-robin, and a stream whose send window is spent waits for
+credit without holding up the others.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
+from grpctunnel.protocol import batch
 from grpctunnel.protocol import events as ev
+from grpctunnel.protocol.batch import Frame  # the frames this end sends
+from grpctunnel.protocol.config import DEFAULT_WINDOW, ConnectionConfig
 from grpctunnel.protocol.errors import Code, ProtocolError, UsageError
-from grpctunnel.protocol.stream import ItemKind, OutItem, PartialMessage, StreamState
-from grpctunnel.protocol.windows import MAX_WINDOW, ReceiveWindow, SendWindow
+from grpctunnel.protocol.stream import (
+    ItemKind,
+    Outcome,
+    OutItem,
+    PartialMessage,
+    Step,
+    Stream,
+    StreamInput,
+    StreamState,
+)
+from grpctunnel.protocol.windows import ReceiveWindow, SendWindow
 from grpctunnel.v1 import tunnel_pb2
 
 REVISION_ZERO = tunnel_pb2.REVISION_ZERO
 REVISION_ONE = tunnel_pb2.REVISION_ONE
-SUPPORTED_REVISIONS: tuple[int, ...] = (REVISION_ZERO, REVISION_ONE)
-
-DEFAULT_WINDOW = 65536  # what Go peers advertise, and assume when told 0
-GO_CHUNK_SIZE = 16384  # the chunk size Go peers use
 TUNNEL_STREAM_ID = -1
 
 _EMPTY = empty_pb2.Empty()
 _METHOD_RE = re.compile(r"^/[^/\s]+/[^/\s]+$")
+_NO_HEADERS_YET = (StreamState.OPEN, StreamState.HALF_CLOSED)
 
-Frame = TypeVar("Frame", tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient)
+PeerFrame = TypeVar("PeerFrame", tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient)
+"""The frames this end receives."""
 
 
-class _Connection(Generic[Frame]):
+class _Connection(Generic[Frame, PeerFrame]):
     """What both ends share: the stream table, framing, windows and the send queue."""
 
     # how a stream-level protocol error is reported by this end
     _stream_error_code: Code
 
-    def __init__(
-        self,
-        *,
-        receive_window: int,
-        max_chunk_size: int,
-        max_receive_message_size: int | None,
-        supported_revisions: tuple[int, ...],
-        max_concurrent_streams: int | None = None,
-    ) -> None:
-        if not 0 < receive_window <= MAX_WINDOW:
-            raise ValueError("receive_window must be between 1 and 2**32-1")
-        if max_chunk_size <= 0:
-            raise ValueError("max_chunk_size must be positive")
-        self.receive_window = receive_window
-        self.max_chunk_size = max_chunk_size
-        self.max_receive_message_size = max_receive_message_size
-        self.supported_revisions = tuple(sorted(set(supported_revisions)))
-        # serving side: streams beyond this many at once are refused
-        self.max_concurrent_streams = max_concurrent_streams
-        # revision zero has no windows: what one stream may hold unread before it fails
-        self.max_unflowed_bytes = max(16 * 1024 * 1024, 2 * (max_receive_message_size or 0))
-        self._streams: dict[int, StreamState] = {}
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self._streams: dict[int, Stream] = {}
         self._control: deque[Frame] = deque()  # frames not tied to a stream's order
         self._ready: dict[int, None] = {}  # ordered set: streams with a frame to emit
 
     # -- queries ------------------------------------------------------------------
+
+    @property
+    def receive_window(self) -> int:
+        """The window this end advertises for each stream of revision one."""
+        return self.config.receive_window
+
+    @property
+    def max_chunk_size(self) -> int:
+        """The largest chunk of message data this end puts in one frame."""
+        return self.config.max_chunk_size
 
     @property
     def active_streams(self) -> int:
@@ -90,17 +95,17 @@ class _Connection(Generic[Frame]):
     def wants_to_send(self) -> bool:
         return bool(self._control) or bool(self._ready)
 
-    # -- sending ------------------------------------------------------------------
+    # -- receiving ----------------------------------------------------------------
 
-    def send_message(self, stream_id: int, data: bytes) -> bool:
-        """Queues one whole message. False if the stream is already finished."""
-        st = self._streams.get(stream_id)
-        if st is None or st.closing or st.local_half_closed:
-            return False
-        st.outq.append(OutItem(ItemKind.MESSAGE, data=data))
-        st.queued_bytes += len(data)
-        self._schedule(st)
-        return True
+    def unbatch(self, frame: PeerFrame) -> Sequence[PeerFrame]:
+        """The plain frames one message read from the tunnel RPC carries, to feed to
+        ``receive()`` one at a time: the message itself, or the frames of a batch.
+        Raises :class:`ProtocolError` for a batch the peer may not send."""
+        return batch.unpack(
+            frame, batching=self.config.batching, error_code=self._stream_error_code
+        )
+
+    # -- sending ------------------------------------------------------------------
 
     def message_consumed(self, stream_id: int) -> None:
         """The application took the oldest unread message of the stream: give its
@@ -115,7 +120,8 @@ class _Connection(Generic[Frame]):
 
     def take_frames(self, max_bytes: int = 1 << 20) -> list[Frame]:
         """Frames to write now, in order: control frames first, then one frame per
-        ready stream in turn, until about ``max_bytes`` of message data is taken."""
+        ready stream in turn, until about ``max_bytes`` of message data is taken.
+        With batching, runs of small frames come packed into batch frames."""
         out: list[Frame] = list(self._control)
         self._control.clear()
         budget = max_bytes
@@ -132,11 +138,33 @@ class _Connection(Generic[Frame]):
                 ready.pop(stream_id, None)
                 if budget <= 0:
                     break
+        if self.config.batching:
+            return batch.pack(out)
         return out
 
     # -- internals ----------------------------------------------------------------
 
-    def _schedule(self, st: StreamState) -> None:
+    def _advance(self, st: Stream, inp: StreamInput) -> Step:
+        """Moves the stream along its lifecycle; a stream that is over leaves the table."""
+        step = st.advance(inp, self._stream_error_code)
+        if step.next_state is StreamState.CLOSED:
+            del self._streams[st.stream_id]
+            self._ready.pop(st.stream_id, None)
+        return step
+
+    def _refused_frame(self, st: Stream, step: Step, kind: str) -> list[ev.Event]:
+        """What a frame from the peer that its stream's state does not let through
+        comes to: nothing (IGNORE), or the failure of the stream (FAIL)."""
+        if step.outcome is Outcome.FAIL:
+            return [self._fail_stream(st, step.reason.format(frame=kind))]
+        return []
+
+    def _queue_message(self, st: Stream, data: bytes) -> None:
+        st.outq.append(OutItem(ItemKind.MESSAGE, data=data))
+        st.queued_bytes += len(data)
+        self._schedule(st)
+
+    def _schedule(self, st: Stream) -> None:
         if st.stream_id not in self._ready and st.can_emit():
             self._ready[st.stream_id] = None
 
@@ -145,22 +173,22 @@ class _Connection(Generic[Frame]):
     ) -> tuple[SendWindow, ReceiveWindow | None]:
         if revision == REVISION_ZERO:
             return SendWindow(None), None
-        return SendWindow(peer_window or DEFAULT_WINDOW), ReceiveWindow(self.receive_window)
+        return SendWindow(peer_window or DEFAULT_WINDOW), ReceiveWindow(self.config.receive_window)
 
-    def _release(self, st: StreamState, n: int) -> None:
+    def _release(self, st: Stream, n: int) -> None:
         if n <= 0 or st.recv_window is None:
             return
         credit = st.recv_window.release(n)
         if credit:
             self._control.append(self._window_update_frame(st.stream_id, credit))
 
-    def _emit_one(self, st: StreamState, out: list[Frame]) -> int:
+    def _emit_one(self, st: Stream, out: list[Frame]) -> int:
         """Frames the head of the stream's queue (or one chunk of it) into ``out``;
         returns the number of message bytes framed."""
         item = st.outq[0]
         if item.kind is ItemKind.MESSAGE:
             remaining = len(item.data) - item.offset
-            n = st.send_window.allowance(min(remaining, self.max_chunk_size))
+            n = st.send_window.allowance(min(remaining, self.config.max_chunk_size))
             if n <= 0 and remaining > 0:
                 return 0
             if item.offset == 0 and n == remaining:
@@ -181,7 +209,7 @@ class _Connection(Generic[Frame]):
         self._emit_control_item(st, item, out)
         return 0
 
-    def _emit_control_item(self, st: StreamState, item: OutItem, out: list[Frame]) -> None:
+    def _emit_control_item(self, st: Stream, item: OutItem, out: list[Frame]) -> None:
         raise NotImplementedError
 
     def _message_frame(self, stream_id: int, size: int, chunk: bytes) -> Frame:
@@ -193,16 +221,16 @@ class _Connection(Generic[Frame]):
     def _window_update_frame(self, stream_id: int, credit: int) -> Frame:
         raise NotImplementedError
 
-    def _fail_stream(self, st: StreamState, message: str, code: Code | None = None) -> ev.Event:
+    def _fail_stream(self, st: Stream, message: str, code: Code | None = None) -> ev.Event:
         raise NotImplementedError
 
-    def _on_window_update(self, st: StreamState, credit: int) -> list[ev.Event]:
+    def _on_window_update(self, st: Stream, credit: int) -> list[ev.Event]:
         if not st.send_window.grant(credit):
             return [self._fail_stream(st, "window update overflows the send window")]
         self._schedule(st)
         return []
 
-    def _on_message_start(self, st: StreamState, data: tunnel_pb2.MessageData) -> list[ev.Event]:
+    def _on_message_start(self, st: Stream, data: tunnel_pb2.MessageData) -> list[ev.Event]:
         if st.partial is not None:
             return [
                 self._fail_stream(st, "a new message began before the previous one was complete")
@@ -210,7 +238,7 @@ class _Connection(Generic[Frame]):
         if st.single_message_in and st.messages_in >= 1:
             return [self._fail_stream(st, "a second message on a method that does not stream it")]
         size = data.size
-        limit = self.max_receive_message_size
+        limit = self.config.max_receive_message_size
         if limit is not None and size > limit:
             return [
                 self._fail_stream(
@@ -223,12 +251,12 @@ class _Connection(Generic[Frame]):
         st.partial = PartialMessage(size)
         return self._on_chunk(st, data.data)
 
-    def _on_more_data(self, st: StreamState, chunk: bytes) -> list[ev.Event]:
+    def _on_more_data(self, st: Stream, chunk: bytes) -> list[ev.Event]:
         if st.partial is None:
             return [self._fail_stream(st, "message data arrived with no message in progress")]
         return self._on_chunk(st, chunk)
 
-    def _on_chunk(self, st: StreamState, chunk: bytes) -> list[ev.Event]:
+    def _on_chunk(self, st: Stream, chunk: bytes) -> list[ev.Event]:
         p = st.partial
         assert p is not None
         n = len(chunk)
@@ -249,12 +277,13 @@ class _Connection(Generic[Frame]):
             p.chunks.append(chunk)
             p.received += n
             st.buffered += n
-            if st.recv_window is None and st.buffered > self.max_unflowed_bytes:
+            limit = self.config.max_unflowed_bytes
+            if st.recv_window is None and st.buffered > limit:
                 return [
                     self._fail_stream(
                         st,
                         f"peer sent {st.buffered} bytes on a stream without flow control "
-                        f"faster than they were read (limit {self.max_unflowed_bytes})",
+                        f"faster than they were read (limit {limit})",
                         Code.RESOURCE_EXHAUSTED,
                     )
                 ]
@@ -268,34 +297,18 @@ class _Connection(Generic[Frame]):
         return [ev.MessageReceived(st.stream_id, data)]
 
 
-class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
+class CallingConnection(_Connection[tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]):
     """The end that opens streams: sends ``ClientToServer``, receives ``ServerToClient``.
 
-    With ``negotiated`` (both sides exchanged the negotiate header) the peer's settings
-    frame must come first, and :attr:`ready` stays False until it has.
+    With ``config.negotiated`` (both sides exchanged the negotiate header) the peer's
+    settings frame must come first, and :attr:`ready` stays False until it has.
     """
 
     _stream_error_code = Code.INTERNAL
 
-    def __init__(
-        self,
-        *,
-        negotiated: bool,
-        receive_window: int = DEFAULT_WINDOW,
-        max_chunk_size: int = GO_CHUNK_SIZE,
-        max_receive_message_size: int | None = 4 * 1024 * 1024,
-        supported_revisions: tuple[int, ...] = SUPPORTED_REVISIONS,
-        max_concurrent_streams: int | None = None,
-    ) -> None:
-        super().__init__(
-            receive_window=receive_window,
-            max_chunk_size=max_chunk_size,
-            max_receive_message_size=max_receive_message_size,
-            supported_revisions=supported_revisions,
-            max_concurrent_streams=max_concurrent_streams,
-        )
-        self.negotiated = negotiated
-        self.ready = not negotiated
+    def __init__(self, config: ConnectionConfig) -> None:
+        super().__init__(config)
+        self.ready = not config.negotiated
         self.revision: int = int(REVISION_ZERO)
         self.peer_window = DEFAULT_WINDOW
         self._last_stream_id = 0
@@ -317,11 +330,16 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
         self._last_stream_id += 1
         stream_id = self._last_stream_id
         send_window, recv_window = self._new_windows(self.revision, self.peer_window)
-        st = StreamState(stream_id, self.revision, send_window, recv_window)
-        st.single_message_in = not response_streaming
+        st = Stream(
+            stream_id,
+            self.revision,
+            send_window,
+            recv_window,
+            single_message_in=not response_streaming,
+        )
         ns = tunnel_pb2.NewStream(
             method_name=method,
-            initial_window_size=self.receive_window if recv_window is not None else 0,
+            initial_window_size=self.config.receive_window if recv_window is not None else 0,
             protocol_revision=self.revision,  # type: ignore[arg-type]
         )
         if headers is not None:
@@ -331,26 +349,37 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
         self._schedule(st)
         return stream_id
 
+    def send_message(self, stream_id: int, data: bytes) -> bool:
+        """Queues one whole request. False if the stream is half-closed or finished."""
+        st = self._streams.get(stream_id)
+        if st is None or self._advance(st, StreamInput.SEND_REQUEST).outcome is Outcome.REFUSE:
+            return False
+        self._queue_message(st, data)
+        return True
+
     def half_close(self, stream_id: int) -> None:
         """Queues the end of the requests, after any queued message."""
         st = self._streams.get(stream_id)
-        if st is None or st.local_half_closed:
+        if st is None or self._advance(st, StreamInput.SEND_HALF_CLOSE).outcome is Outcome.REFUSE:
             return
-        st.local_half_closed = True
         st.outq.append(OutItem(ItemKind.HALF_CLOSE))
         self._schedule(st)
 
     def cancel(self, stream_id: int) -> None:
         """Abandons the stream: drops what is queued and tells the peer, if the peer
         knows of the stream yet. Later frames for it are dropped."""
-        st = self._streams.pop(stream_id, None)
-        self._ready.pop(stream_id, None)
-        if st is not None and st.opened_on_wire:
+        st = self._streams.get(stream_id)
+        if st is None:
+            return
+        announced = st.announced
+        self._advance(st, StreamInput.SEND_CANCEL)
+        if announced:
             self._control.append(tunnel_pb2.ClientToServer(stream_id=stream_id, cancel=_EMPTY))
 
     # -- frames from the peer -------------------------------------------------------
 
     def receive(self, frame: tunnel_pb2.ServerToClient) -> list[ev.Event]:
+        """Takes in one plain frame (see ``unbatch()``); returns what it brought about."""
         kind = frame.WhichOneof("frame")
         stream_id = frame.stream_id
         if kind == "settings":
@@ -367,20 +396,23 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
             if stream_id <= 0 or stream_id > self._last_stream_id:
                 raise ProtocolError(f"{kind} frame for stream {stream_id}, which was never opened")
             return []  # the stream has finished: late frames are dropped
-        if not st.opened_on_wire:
+        if not st.announced:
             raise ProtocolError(f"{kind} frame for stream {stream_id}, which was never opened")
         if kind == "response_message":
+            self._advance(st, StreamInput.RECV_RESPONSE)
             return self._on_message_start(st, frame.response_message)
         if kind == "more_response_data":
+            self._advance(st, StreamInput.RECV_RESPONSE)
             return self._on_more_data(st, frame.more_response_data)
         if kind == "response_headers":
-            if st.headers_received or st.messages_in:
-                return [self._fail_stream(st, "response headers arrived twice or after a message")]
-            st.headers_received = True
+            step = self._advance(st, StreamInput.RECV_HEADERS)
+            if step.outcome is not Outcome.PROCEED:
+                return self._refused_frame(st, step, kind)
             return [ev.HeadersReceived(stream_id, frame.response_headers)]
         if kind == "close_stream":
             return self._on_close(st, frame.close_stream)
         if kind == "window_update":
+            self._advance(st, StreamInput.RECV_WINDOW_UPDATE)
             return self._on_window_update(st, frame.window_update)
         raise ProtocolError(f"unexpected {kind} frame for stream {stream_id}")
 
@@ -394,37 +426,36 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
         revisions = tuple(int(r) for r in settings.supported_protocol_revisions)
         if not revisions:
             raise ProtocolError("settings frame lists no protocol revisions")
-        common = set(revisions) & set(self.supported_revisions)
+        ours = self.config.supported_revisions
+        common = set(revisions) & set(ours)
         if not common:
             raise ProtocolError(
                 f"no protocol revision in common (peer supports {list(revisions)}, "
-                f"we support {list(self.supported_revisions)})"
+                f"we support {list(ours)})"
             )
         self.revision = max(common)
         self.peer_window = settings.initial_window_size or DEFAULT_WINDOW
         self.ready = True
         return [ev.SettingsReceived(revisions, settings.initial_window_size)]
 
-    def _on_close(self, st: StreamState, close: tunnel_pb2.CloseStream) -> list[ev.Event]:
+    def _on_close(self, st: Stream, close: tunnel_pb2.CloseStream) -> list[ev.Event]:
         status = close.status if close.HasField("status") else None
         ok = status is None or status.code == Code.OK
         if ok and st.partial is not None:
             return [self._fail_stream(st, "stream closed in the middle of a message")]
-        del self._streams[st.stream_id]
-        self._ready.pop(st.stream_id, None)
+        self._advance(st, StreamInput.RECV_CLOSE)
         return [ev.StreamClosed(st.stream_id, status, close.response_trailers)]
 
     # -- framing --------------------------------------------------------------------
 
-    def _fail_stream(self, st: StreamState, message: str, code: Code | None = None) -> ev.Event:
+    def _fail_stream(self, st: Stream, message: str, code: Code | None = None) -> ev.Event:
         self.cancel(st.stream_id)
         return ev.StreamFailed(st.stream_id, code or self._stream_error_code, message)
 
     def _emit_control_item(
-        self, st: StreamState, item: OutItem, out: list[tunnel_pb2.ClientToServer]
+        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ClientToServer]
     ) -> None:
         if item.kind is ItemKind.NEW_STREAM:
-            st.opened_on_wire = True
             out.append(
                 tunnel_pb2.ClientToServer(stream_id=st.stream_id, new_stream=item.new_stream)
             )
@@ -447,33 +478,17 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer]):
         return tunnel_pb2.ClientToServer(stream_id=stream_id, window_update=credit)
 
 
-class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
+class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.ClientToServer]):
     """The end that serves streams: receives ``ClientToServer``, sends ``ServerToClient``.
 
-    Call :meth:`start` once the tunnel RPC is up; with ``negotiated`` it queues the
-    settings frame that must precede everything else.
+    Call :meth:`start` once the tunnel RPC is up; with ``config.negotiated`` it queues
+    the settings frame that must precede everything else.
     """
 
     _stream_error_code = Code.INVALID_ARGUMENT
 
-    def __init__(
-        self,
-        *,
-        negotiated: bool,
-        receive_window: int = DEFAULT_WINDOW,
-        max_chunk_size: int = GO_CHUNK_SIZE,
-        max_receive_message_size: int | None = 4 * 1024 * 1024,
-        supported_revisions: tuple[int, ...] = SUPPORTED_REVISIONS,
-        max_concurrent_streams: int | None = None,
-    ) -> None:
-        super().__init__(
-            receive_window=receive_window,
-            max_chunk_size=max_chunk_size,
-            max_receive_message_size=max_receive_message_size,
-            supported_revisions=supported_revisions,
-            max_concurrent_streams=max_concurrent_streams,
-        )
-        self.negotiated = negotiated
+    def __init__(self, config: ConnectionConfig) -> None:
+        super().__init__(config)
         self._highest_stream_id = 0
         self._started = False
 
@@ -481,10 +496,10 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         if self._started:
             return
         self._started = True
-        if self.negotiated:
+        if self.config.negotiated:
             settings = tunnel_pb2.Settings(
-                supported_protocol_revisions=list(self.supported_revisions),  # type: ignore[arg-type]
-                initial_window_size=self.receive_window,
+                supported_protocol_revisions=list(self.config.supported_revisions),  # type: ignore[arg-type]
+                initial_window_size=self.config.receive_window,
             )
             self._control.append(
                 tunnel_pb2.ServerToClient(stream_id=TUNNEL_STREAM_ID, settings=settings)
@@ -506,20 +521,24 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
     def send_headers(self, stream_id: int, headers: tunnel_pb2.Metadata) -> bool:
         """Queues the response headers. False if already sent or the stream is over."""
         st = self._streams.get(stream_id)
-        if st is None or st.closing or st.headers_sent:
+        if st is None or self._advance(st, StreamInput.SEND_HEADERS).outcome is Outcome.REFUSE:
             return False
-        st.headers_sent = True
         st.outq.append(OutItem(ItemKind.HEADERS, metadata=headers))
         self._schedule(st)
         return True
 
     def send_message(self, stream_id: int, data: bytes) -> bool:
         """Queues one response message (empty headers first, if none were sent:
-        headers always precede messages)."""
+        headers always precede messages). False if the stream is closing or over."""
         st = self._streams.get(stream_id)
-        if st is not None and not st.headers_sent and not st.closing:
+        if st is None:
+            return False
+        if st.state in _NO_HEADERS_YET:
             self.send_headers(stream_id, tunnel_pb2.Metadata())
-        return super().send_message(stream_id, data)
+        if self._advance(st, StreamInput.SEND_RESPONSE).outcome is Outcome.REFUSE:
+            return False
+        self._queue_message(st, data)
+        return True
 
     def close_stream(
         self,
@@ -530,16 +549,21 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         """Queues the final status after any queued message (headers first if they
         were never sent). False if the stream is already over."""
         st = self._streams.get(stream_id)
-        if st is None or st.closing:
+        if st is None:
             return False
-        st.closing = True
-        st.outq.append(OutItem(ItemKind.CLOSE, metadata=trailers, status=status))
+        headers_first = st.state in _NO_HEADERS_YET
+        if self._advance(st, StreamInput.SEND_CLOSE).outcome is Outcome.REFUSE:
+            return False
+        st.outq.append(
+            OutItem(ItemKind.CLOSE, metadata=trailers, status=status, headers_first=headers_first)
+        )
         self._schedule(st)
         return True
 
     # -- frames from the peer -------------------------------------------------------
 
     def receive(self, frame: tunnel_pb2.ClientToServer) -> list[ev.Event]:
+        """Takes in one plain frame (see ``unbatch()``); returns what it brought about."""
         kind = frame.WhichOneof("frame")
         stream_id = frame.stream_id
         if kind == "new_stream":
@@ -556,25 +580,26 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
                     self._stream_error_code,
                 )
             return []  # the stream has finished: late frames are dropped
-        if kind == "cancel":
-            del self._streams[stream_id]
-            self._ready.pop(stream_id, None)
-            return [] if st.closing else [ev.StreamCancelled(stream_id)]
-        if kind == "window_update":
-            return self._on_window_update(st, frame.window_update)
-        if st.closing:
-            return []  # the handler is done; what the caller still sends is moot
-        if st.remote_half_closed:
-            return [self._fail_stream(st, f"{kind} frame after the caller half-closed")]
-        if kind == "request_message":
-            return self._on_message_start(st, frame.request_message)
-        if kind == "more_request_data":
+        if kind == "request_message" or kind == "more_request_data":
+            step = self._advance(st, StreamInput.RECV_REQUEST)
+            if step.outcome is not Outcome.PROCEED:
+                return self._refused_frame(st, step, kind)
+            if kind == "request_message":
+                return self._on_message_start(st, frame.request_message)
             return self._on_more_data(st, frame.more_request_data)
+        if kind == "window_update":
+            self._advance(st, StreamInput.RECV_WINDOW_UPDATE)
+            return self._on_window_update(st, frame.window_update)
         if kind == "half_close":
+            step = self._advance(st, StreamInput.RECV_HALF_CLOSE)
+            if step.outcome is not Outcome.PROCEED:
+                return self._refused_frame(st, step, kind)
             if st.partial is not None:
                 return [self._fail_stream(st, "half-close in the middle of a message")]
-            st.remote_half_closed = True
             return [ev.HalfClosed(stream_id)]
+        if kind == "cancel":
+            step = self._advance(st, StreamInput.RECV_CANCEL)
+            return [] if step.outcome is Outcome.IGNORE else [ev.StreamCancelled(stream_id)]
         raise ProtocolError(
             f"unexpected {kind} frame for stream {stream_id}", self._stream_error_code
         )
@@ -589,8 +614,8 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         self._highest_stream_id = stream_id
         revision = int(ns.protocol_revision)
         send_window, recv_window = self._new_windows(revision, ns.initial_window_size)
-        st = StreamState(stream_id, revision, send_window, recv_window)
-        limit = self.max_concurrent_streams
+        st = Stream(stream_id, revision, send_window, recv_window)
+        limit = self.config.max_concurrent_streams
         over_limit = limit is not None and len(self._streams) >= limit
         self._streams[stream_id] = st
         if over_limit:
@@ -600,7 +625,7 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
                 f"too many concurrent streams on this tunnel (limit {limit})",
             )
             return []
-        if revision not in self.supported_revisions:
+        if revision not in self.config.supported_revisions:
             self.reject_stream(
                 stream_id, Code.UNAVAILABLE, f"unsupported protocol revision {revision}"
             )
@@ -617,9 +642,14 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
 
     # -- framing --------------------------------------------------------------------
 
-    def _fail_stream(self, st: StreamState, message: str, code: Code | None = None) -> ev.Event:
+    def _fail_stream(self, st: Stream, message: str, code: Code | None = None) -> ev.Event:
         code = code or self._stream_error_code
-        # drop queued data, but keep queued headers: they must still precede the close
+        # drop queued data, but keep queued headers: they must still precede the close;
+        # a close already queued gives way to this one
+        queued_close = next((item for item in st.outq if item.kind is ItemKind.CLOSE), None)
+        headers_first = (
+            queued_close.headers_first if queued_close is not None else st.state in _NO_HEADERS_YET
+        )
         kept = [item for item in st.outq if item.kind is ItemKind.HEADERS]
         st.outq.clear()
         st.outq.extend(kept)
@@ -627,12 +657,15 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
         if st.partial is not None:
             st.buffered -= st.partial.received
         st.partial = None
-        st.closing = False
-        self.close_stream(st.stream_id, _status(code, message))
+        self._advance(st, StreamInput.SEND_ERROR_CLOSE)
+        st.outq.append(
+            OutItem(ItemKind.CLOSE, status=_status(code, message), headers_first=headers_first)
+        )
+        self._schedule(st)
         return ev.StreamFailed(st.stream_id, code, message)
 
     def _emit_control_item(
-        self, st: StreamState, item: OutItem, out: list[tunnel_pb2.ServerToClient]
+        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ServerToClient]
     ) -> None:
         stream_id = st.stream_id
         if item.kind is ItemKind.HEADERS:
@@ -640,8 +673,7 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
                 tunnel_pb2.ServerToClient(stream_id=stream_id, response_headers=item.metadata)
             )
         elif item.kind is ItemKind.CLOSE:
-            if not st.headers_sent:
-                st.headers_sent = True
+            if item.headers_first:
                 out.append(
                     tunnel_pb2.ServerToClient(
                         stream_id=stream_id, response_headers=tunnel_pb2.Metadata()
@@ -649,7 +681,7 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient]):
                 )
             close = tunnel_pb2.CloseStream(response_trailers=item.metadata, status=item.status)
             out.append(tunnel_pb2.ServerToClient(stream_id=stream_id, close_stream=close))
-            del self._streams[stream_id]
+            self._advance(st, StreamInput.CLOSE_WRITTEN)
 
     def _message_frame(self, stream_id: int, size: int, chunk: bytes) -> tunnel_pb2.ServerToClient:
         frame = tunnel_pb2.ServerToClient(stream_id=stream_id)  # see CallingConnection

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from grpctunnel.opening import TunnelOpening
-from grpctunnel.protocol import ServingConnection
+from grpctunnel.protocol import ConnectionConfig, ServingConnection
 from grpctunnel.serving import ServiceRegistry, ServingSession
 from grpctunnel.session import EOF
 from grpctunnel.v1 import tunnel_pb2
@@ -70,7 +70,7 @@ class Recorder:
 
 
 def _session(stream: GatedStream, registry: ServiceRegistry, negotiated: bool) -> ServingSession:
-    conn = ServingConnection(negotiated=negotiated)
+    conn = ServingConnection(ConnectionConfig(negotiated=negotiated))
     conn.start()
     opening = TunnelOpening((), "test", negotiated=negotiated, extended=True, batches=False)
     session = ServingSession(stream, conn, opening, registry=registry)

@@ -1,7 +1,8 @@
 """Frame builders and a back-to-back harness for the sans-IO protocol core.
 
 The harness wires a CallingConnection to a ServingConnection, pumping frames through
-``SerializeToString``/``FromString`` like the real transport, and checks on every data
+``SerializeToString``/``FromString`` like the real transport (batch frames included,
+unpacked with ``unbatch()`` as the session does), and checks on every data
 frame that the sender stays inside the window the receiver advertised (an independent
 book-keeping of the wire, not the core's own counters).
 """
@@ -20,6 +21,7 @@ from grpctunnel.protocol import (
     DEFAULT_WINDOW,
     CallingConnection,
     Code,
+    ConnectionConfig,
     Event,
     ServingConnection,
     SettingsReceived,
@@ -161,6 +163,11 @@ def data_bytes(frames: Iterable[C2S | S2C], sid: int | None = None) -> bytes:
     )
 
 
+def plain_frames(frame: C2S | S2C) -> list[C2S | S2C]:
+    """The frames a message of the tunnel RPC carries: those of a batch, or itself."""
+    return list(frame.batch) if frame.batch else [frame]
+
+
 def wire(frame: C2S | S2C) -> C2S | S2C:
     """Round-trips a frame through its encoding, as the transport would."""
     return type(frame).FromString(frame.SerializeToString())
@@ -177,7 +184,7 @@ def ready_client(
     *, revisions: Iterable[int] = (0, 1), window: int = DEFAULT_WINDOW, **kw: object
 ) -> CallingConnection:
     """A negotiated calling side that has taken in the peer's settings."""
-    c = CallingConnection(negotiated=True, **kw)  # type: ignore[arg-type]
+    c = CallingConnection(ConnectionConfig(negotiated=True, **kw))  # type: ignore[arg-type]
     evs = c.receive(settings(revisions, window))
     assert evs and isinstance(evs[0], SettingsReceived)
     return c
@@ -198,7 +205,7 @@ def serving_with_stream(
     **kw: object,
 ) -> ServingConnection:
     """A serving side with one accepted stream and its output drained."""
-    s = ServingConnection(negotiated=revision == 1, **kw)  # type: ignore[arg-type]
+    s = ServingConnection(ConnectionConfig(negotiated=revision == 1, **kw))  # type: ignore[arg-type]
     s.start()
     s.take_frames()
     evs = s.receive(new_stream(sid, revision=revision, window=window))
@@ -289,19 +296,26 @@ class Pair:
         self,
         *,
         negotiated: bool = True,
+        batching: bool = False,
         client: dict[str, object] | None = None,
         server: dict[str, object] | None = None,
     ) -> None:
-        self.client = CallingConnection(negotiated=negotiated, **(client or {}))  # type: ignore[arg-type]
-        self.server = ServingConnection(negotiated=negotiated, **(server or {}))  # type: ignore[arg-type]
+        self.client = CallingConnection(
+            ConnectionConfig(negotiated=negotiated, batching=batching, **(client or {}))  # type: ignore[arg-type]
+        )
+        self.server = ServingConnection(
+            ConnectionConfig(negotiated=negotiated, batching=batching, **(server or {}))  # type: ignore[arg-type]
+        )
         self.server.start()
         self.checker = WireChecker(
             max_chunk_c2s=self.client.max_chunk_size, max_chunk_s2c=self.server.max_chunk_size
         )
         self.client_events: list[Event] = []
         self.server_events: list[Event] = []
-        self.c2s_log: list[C2S] = []
+        self.c2s_log: list[C2S] = []  # every plain frame sent, batched or not
         self.s2c_log: list[S2C] = []
+        self.batches_c2s = 0  # batch frames sent
+        self.batches_s2c = 0
         self.delivered_c2s: dict[int, int] = {}  # message bytes taken in by the server
         self.delivered_s2c: dict[int, int] = {}  # message bytes taken in by the client
         self.in_flight_c2s: deque[C2S] = deque()
@@ -315,48 +329,56 @@ class Pair:
     def flush_client(self) -> int:
         frames = self.client.take_frames()
         for f in frames:
-            self.checker.client_sent(f)
-            self.c2s_log.append(f)
+            self.batches_c2s += bool(f.batch)
+            for one in plain_frames(f):
+                self.checker.client_sent(one)
+                self.c2s_log.append(one)
             self.in_flight_c2s.append(wire(f))  # type: ignore[arg-type]
         return len(frames)
 
     def flush_server(self) -> int:
         frames = self.server.take_frames()
         for f in frames:
-            self.checker.server_sent(f)
-            self.s2c_log.append(f)
+            self.batches_s2c += bool(f.batch)
+            for one in plain_frames(f):
+                self.checker.server_sent(one)
+                self.s2c_log.append(one)
             self.in_flight_s2c.append(wire(f))  # type: ignore[arg-type]
         return len(frames)
 
     def deliver_to_server(self, limit: int | None = None) -> int:
         n = 0
         while self.in_flight_c2s and (limit is None or n < limit):
-            f = self.in_flight_c2s.popleft()
-            self.checker.server_received(f)
-            if (c := chunk_of(f)) is not None:
-                self.delivered_c2s[f.stream_id] = self.delivered_c2s.get(f.stream_id, 0) + len(c)
-            for e in self.server.receive(f):
-                self.server_events.append(e)
-                if isinstance(e, StreamOpened):
-                    self.server.accept_stream(
-                        e.stream_id, request_streaming=self.request_streaming(e)
+            for f in self.server.unbatch(self.in_flight_c2s.popleft()):
+                self.checker.server_received(f)
+                if (c := chunk_of(f)) is not None:
+                    self.delivered_c2s[f.stream_id] = self.delivered_c2s.get(f.stream_id, 0) + len(
+                        c
                     )
-                if self.on_server_event is not None:
-                    self.on_server_event(e)
+                for e in self.server.receive(f):
+                    self.server_events.append(e)
+                    if isinstance(e, StreamOpened):
+                        self.server.accept_stream(
+                            e.stream_id, request_streaming=self.request_streaming(e)
+                        )
+                    if self.on_server_event is not None:
+                        self.on_server_event(e)
             n += 1
         return n
 
     def deliver_to_client(self, limit: int | None = None) -> int:
         n = 0
         while self.in_flight_s2c and (limit is None or n < limit):
-            f = self.in_flight_s2c.popleft()
-            self.checker.client_received(f)
-            if (c := chunk_of(f)) is not None:
-                self.delivered_s2c[f.stream_id] = self.delivered_s2c.get(f.stream_id, 0) + len(c)
-            for e in self.client.receive(f):
-                self.client_events.append(e)
-                if self.on_client_event is not None:
-                    self.on_client_event(e)
+            for f in self.client.unbatch(self.in_flight_s2c.popleft()):
+                self.checker.client_received(f)
+                if (c := chunk_of(f)) is not None:
+                    self.delivered_s2c[f.stream_id] = self.delivered_s2c.get(f.stream_id, 0) + len(
+                        c
+                    )
+                for e in self.client.receive(f):
+                    self.client_events.append(e)
+                    if self.on_client_event is not None:
+                        self.on_client_event(e)
             n += 1
         return n
 
@@ -392,7 +414,7 @@ class Pair:
 
 def check_invariants(conn: CallingConnection | ServingConnection) -> None:
     """Window and queue invariants of every stream the connection holds."""
-    from grpctunnel.protocol.stream import ItemKind
+    from grpctunnel.protocol.stream import ItemKind, StreamState
 
     for sid, st in conn._streams.items():
         assert st.stream_id == sid
@@ -415,7 +437,7 @@ def check_invariants(conn: CallingConnection | ServingConnection) -> None:
             partial = st.partial.received if st.partial is not None else 0
             unread = sum(u[0] if isinstance(u, tuple) else 0 for u in st.unread_unreleased)
             if all(isinstance(u, tuple) for u in st.unread_unreleased):
-                if st.closing:  # a failed stream may forget its partial message
+                if st.state is StreamState.CLOSING:  # a failed stream may forget its partial
                     assert st.buffered >= unread + partial, (sid, st.buffered, unread, partial)
                 else:
                     assert st.buffered == unread + partial, (sid, st.buffered, unread, partial)

@@ -8,6 +8,7 @@ from grpctunnel.protocol import (
     DEFAULT_WINDOW,
     GO_CHUNK_SIZE,
     Code,
+    ConnectionConfig,
     HalfClosed,
     MessageReceived,
     ServingConnection,
@@ -358,7 +359,7 @@ def test_take_frames_round_robin_between_streams() -> None:
 
 
 def test_serving_take_frames_round_robin() -> None:
-    s = ServingConnection(negotiated=False, max_chunk_size=100)
+    s = ServingConnection(ConnectionConfig(negotiated=False, max_chunk_size=100))
     for sid in (1, 2, 3):
         s.receive(new_stream(sid, revision=0))
         s.accept_stream(sid, request_streaming=True)

@@ -8,6 +8,7 @@ import pytest
 from grpctunnel.protocol import (
     CallingConnection,
     Code,
+    ConnectionConfig,
     HalfClosed,
     HeadersReceived,
     MessageReceived,
@@ -327,7 +328,7 @@ def test_tunnel_survives_many_failed_streams(conn: str) -> None:
             "cancel"
         ]
     else:
-        s = ServingConnection(negotiated=False)
+        s = ServingConnection(ConnectionConfig(negotiated=False))
         for sid in range(1, 51):
             s.receive(new_stream(sid, revision=0))
             assert isinstance(s.receive(more_req(sid, b"x"))[0], StreamFailed)
@@ -337,8 +338,8 @@ def test_tunnel_survives_many_failed_streams(conn: str) -> None:
 
 def test_calling_connection_max_chunk_validation() -> None:
     with pytest.raises(ValueError):
-        CallingConnection(negotiated=False, max_chunk_size=0)
+        CallingConnection(ConnectionConfig(negotiated=False, max_chunk_size=0))
     with pytest.raises(ValueError):
-        CallingConnection(negotiated=False, receive_window=0)
+        CallingConnection(ConnectionConfig(negotiated=False, receive_window=0))
     with pytest.raises(ValueError):
-        ServingConnection(negotiated=False, receive_window=2**32)
+        ServingConnection(ConnectionConfig(negotiated=False, receive_window=2**32))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from grpctunnel.protocol import Code, ServingConnection, StreamOpened
+from grpctunnel.protocol import Code, ConnectionConfig, ServingConnection, StreamOpened
 
 from .harness import half_close, kinds, new_stream
 
 
 def test_streams_beyond_the_limit_are_refused_and_the_tunnel_goes_on() -> None:
-    s = ServingConnection(negotiated=False, max_concurrent_streams=2)
+    s = ServingConnection(ConnectionConfig(negotiated=False, max_concurrent_streams=2))
     s.start()
     assert isinstance(s.receive(new_stream(1))[0], StreamOpened)
     assert isinstance(s.receive(new_stream(2))[0], StreamOpened)
@@ -24,6 +24,6 @@ def test_streams_beyond_the_limit_are_refused_and_the_tunnel_goes_on() -> None:
 
 
 def test_no_limit_by_default() -> None:
-    s = ServingConnection(negotiated=False)
+    s = ServingConnection(ConnectionConfig(negotiated=False))
     for sid in range(1, 201):
         assert isinstance(s.receive(new_stream(sid))[0], StreamOpened)

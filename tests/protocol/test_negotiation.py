@@ -10,6 +10,7 @@ from grpctunnel.protocol import (
     TUNNEL_STREAM_ID,
     CallingConnection,
     Code,
+    ConnectionConfig,
     HalfClosed,
     MessageReceived,
     ProtocolError,
@@ -42,7 +43,7 @@ from .harness import (
 
 
 def test_serving_negotiated_sends_settings_first_on_stream_minus_one() -> None:
-    s = ServingConnection(negotiated=True, receive_window=12345)
+    s = ServingConnection(ConnectionConfig(negotiated=True, receive_window=12345))
     assert not s.wants_to_send()
     s.start()
     s.start()  # idempotent
@@ -58,7 +59,7 @@ def test_serving_negotiated_sends_settings_first_on_stream_minus_one() -> None:
 
 
 def test_serving_settings_precede_every_stream_frame() -> None:
-    s = ServingConnection(negotiated=True)
+    s = ServingConnection(ConnectionConfig(negotiated=True))
     s.start()
     s.receive(new_stream(1))
     s.accept_stream(1, request_streaming=True)
@@ -69,14 +70,14 @@ def test_serving_settings_precede_every_stream_frame() -> None:
 
 
 def test_serving_not_negotiated_sends_no_settings() -> None:
-    s = ServingConnection(negotiated=False)
+    s = ServingConnection(ConnectionConfig(negotiated=False))
     s.start()
     assert s.take_frames() == []
     assert not s.wants_to_send()
 
 
 def test_serving_settings_list_its_own_revisions() -> None:
-    s = ServingConnection(negotiated=True, supported_revisions=(1, 0, 1))
+    s = ServingConnection(ConnectionConfig(negotiated=True, supported_revisions=(1, 0, 1)))
     s.start()
     (f,) = s.take_frames()
     assert list(f.settings.supported_protocol_revisions) == [0, 1]
@@ -86,7 +87,7 @@ def test_serving_settings_list_its_own_revisions() -> None:
 
 
 def test_calling_negotiated_waits_for_settings() -> None:
-    c = CallingConnection(negotiated=True)
+    c = CallingConnection(ConnectionConfig(negotiated=True))
     assert not c.ready
     with pytest.raises(UsageError):
         c.open_stream(METHOD)
@@ -111,7 +112,7 @@ def test_calling_negotiated_waits_for_settings() -> None:
     ids=["headers", "message", "close", "window", "window-on-tunnel", "empty-frame"],
 )
 def test_calling_frame_before_settings_is_protocol_error(frame: object) -> None:
-    c = CallingConnection(negotiated=True)
+    c = CallingConnection(ConnectionConfig(negotiated=True))
     with pytest.raises(ProtocolError) as exc:
         c.receive(frame)  # type: ignore[arg-type]
     assert exc.value.code == Code.INTERNAL
@@ -120,7 +121,7 @@ def test_calling_frame_before_settings_is_protocol_error(frame: object) -> None:
 
 @pytest.mark.parametrize("sid", [0, 1, -2, 2**62])
 def test_settings_on_another_stream_id_is_protocol_error(sid: int) -> None:
-    c = CallingConnection(negotiated=True)
+    c = CallingConnection(ConnectionConfig(negotiated=True))
     with pytest.raises(ProtocolError) as exc:
         c.receive(settings(sid=sid))
     assert "-1" in exc.value.message
@@ -129,11 +130,11 @@ def test_settings_on_another_stream_id_is_protocol_error(sid: int) -> None:
     with pytest.raises(ProtocolError):
         c.receive(settings(sid=sid))
     with pytest.raises(ProtocolError):
-        CallingConnection(negotiated=False).receive(settings(sid=sid))
+        CallingConnection(ConnectionConfig(negotiated=False)).receive(settings(sid=sid))
 
 
 def test_settings_with_empty_revision_list_is_protocol_error() -> None:
-    c = CallingConnection(negotiated=True)
+    c = CallingConnection(ConnectionConfig(negotiated=True))
     with pytest.raises(ProtocolError) as exc:
         c.receive(settings(revisions=()))
     assert "no protocol revisions" in exc.value.message
@@ -147,7 +148,7 @@ def test_settings_with_empty_revision_list_is_protocol_error() -> None:
 def test_no_common_revision_is_protocol_error(
     ours: tuple[int, ...], theirs: tuple[int, ...]
 ) -> None:
-    c = CallingConnection(negotiated=True, supported_revisions=ours)
+    c = CallingConnection(ConnectionConfig(negotiated=True, supported_revisions=ours))
     with pytest.raises(ProtocolError) as exc:
         c.receive(settings(revisions=theirs))
     assert "in common" in exc.value.message
@@ -168,7 +169,9 @@ def test_no_common_revision_is_protocol_error(
 def test_highest_common_revision_is_chosen(
     ours: tuple[int, ...], theirs: tuple[int, ...], chosen: int
 ) -> None:
-    c = CallingConnection(negotiated=True, supported_revisions=ours, receive_window=5000)
+    c = CallingConnection(
+        ConnectionConfig(negotiated=True, supported_revisions=ours, receive_window=5000)
+    )
     c.receive(settings(revisions=theirs))
     assert c.revision == chosen
     _, frames = open_on_wire(c)
@@ -196,7 +199,7 @@ def test_second_settings_frame_is_ignored() -> None:
 
 
 def test_settings_on_not_negotiated_tunnel_are_ignored() -> None:
-    c = CallingConnection(negotiated=False)
+    c = CallingConnection(ConnectionConfig(negotiated=False))
     assert c.ready
     assert c.receive(settings()) == []
     assert c.revision == 0
@@ -206,7 +209,9 @@ def test_settings_on_not_negotiated_tunnel_are_ignored() -> None:
 
 
 def test_not_negotiated_is_revision_zero_without_windows() -> None:
-    c = CallingConnection(negotiated=False, receive_window=100, max_chunk_size=1000)
+    c = CallingConnection(
+        ConnectionConfig(negotiated=False, receive_window=100, max_chunk_size=1000)
+    )
     assert c.ready and c.revision == 0
     sid, frames = open_on_wire(c, METHOD)
     (f,) = frames
@@ -237,7 +242,9 @@ def test_negotiated_revision_zero_has_no_window_updates() -> None:
 
 
 def test_serving_chooses_revision_per_stream() -> None:
-    s = ServingConnection(negotiated=True, receive_window=1000, max_chunk_size=100_000)
+    s = ServingConnection(
+        ConnectionConfig(negotiated=True, receive_window=1000, max_chunk_size=100_000)
+    )
     s.start()
     s.take_frames()
     assert [type(e) for e in s.receive(new_stream(1, revision=0))] == [StreamOpened]
@@ -276,7 +283,7 @@ def test_serving_chooses_revision_per_stream() -> None:
 
 
 def test_serving_unsupported_revision_is_unavailable() -> None:
-    s = ServingConnection(negotiated=True, supported_revisions=(0,))
+    s = ServingConnection(ConnectionConfig(negotiated=True, supported_revisions=(0,)))
     s.start()
     s.take_frames()
     assert s.receive(new_stream(1, revision=1)) == []
@@ -322,7 +329,7 @@ def test_pair_negotiates_and_exchanges(negotiated: bool) -> None:
 
 
 def test_window_update_on_revision_zero_serving_stream_ignored() -> None:
-    s = ServingConnection(negotiated=False)
+    s = ServingConnection(ConnectionConfig(negotiated=False))
     s.receive(new_stream(1, revision=0))
     s.accept_stream(1, request_streaming=True)
     assert s.receive(c2s_window(1, 2**32 - 1)) == []

@@ -2,6 +2,14 @@
 actions, thrown at both connection kinds. The only exception that may escape is
 ProtocolError, and after every step the window and queue invariants hold.
 
+Frames arrive as the session reads them: one message of the tunnel RPC at a time, put
+through ``unbatch()``, its plain frames fed to ``receive()`` one by one. With batching
+negotiated or not, some messages are batches: of random frames, of a whole call
+(``new_stream``, its requests and half-close, as a peer of this project sends them),
+or malformed (nested, carrying a frame kind of their own, empty); and what the
+connection sends is checked to be packed as the batch extension says (only when
+negotiated, small frames only, never a batch of one).
+
 The frames are drawn step by step with the connection's current state in view, so
 that most of them hit live streams (a plausible frame with a random flaw: a lying
 size, a chunk past the window, a second message, a frame after half-close...) while
@@ -11,7 +19,7 @@ about one in 25 is pure noise (stream ids 0, -1 and huge, unset oneof, anything)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from google.rpc import status_pb2
@@ -21,13 +29,18 @@ from hypothesis import strategies as st
 from grpctunnel.protocol import (
     CallingConnection,
     Code,
+    ConnectionConfig,
     ProtocolError,
     ServingConnection,
     StreamOpened,
 )
+from grpctunnel.protocol.batch import BATCH_BYTES, BATCH_FRAME_LIMIT
+from grpctunnel.protocol.stream import StreamState
 from grpctunnel.v1 import tunnel_pb2
 
 from .harness import C2S, EMPTY, S2C, check_invariants, chunk_of, kind, md
+
+Frame = TypeVar("Frame", C2S, S2C)
 
 T = TypeVar("T")
 
@@ -126,7 +139,19 @@ def data_kind(data: st.DataObject, partial: int | None, first: str, more: str) -
 
 
 def check_out_frames(frames: list[Any], conn: CallingConnection | ServingConnection) -> None:
+    plain: list[Any] = []
     for f in frames:
+        if not f.batch:
+            plain.append(f)
+            continue
+        assert conn.config.batching, "a batch to a peer that did not negotiate them"
+        assert kind(f) is None and f.stream_id == 0
+        inner = list(f.batch)
+        assert len(inner) >= 2, "a batch of one frame"
+        assert all(not g.batch and g.ByteSize() < BATCH_FRAME_LIMIT for g in inner)
+        assert sum(g.ByteSize() for g in inner) <= BATCH_BYTES
+        plain.extend(inner)
+    for f in plain:
         k = kind(f)
         assert k is not None
         type(f).FromString(f.SerializeToString())
@@ -140,11 +165,77 @@ def check_out_frames(frames: list[Any], conn: CallingConnection | ServingConnect
             assert 0 < f.window_update < 2**32
 
 
+GOOD_BATCHES = ["frames", "call"]
+BAD_BATCHES = ["nested", "with a kind", "empty"]
+# how a run's peer batches: never; only as the extension allows (when negotiated);
+# or anyhow (malformed batches, batches when not negotiated), which ends the tunnel
+batch_habits = st.sampled_from(["never", "proper", "proper", "proper", "anyhow"])
+
+
+def batch_of(frames: list[Frame]) -> Frame:
+    outer = type(frames[0])()
+    outer.batch.extend(frames)
+    return outer
+
+
+def draw_tunnel_message(
+    data: st.DataObject,
+    plain: list[Frame],
+    call: Callable[[], list[Frame]] | None,
+    batching: bool,
+    habit: str,
+) -> Frame:
+    """One message of the tunnel RPC: mostly the first plain frame alone, sometimes a
+    batch (malformed, or when not negotiated, only with the ``anyhow`` habit).
+    ``plain`` are frames drawn for the connection's current state, ``call`` makes a
+    whole call."""
+    if habit == "never" or (habit == "proper" and not batching):
+        return plain[0]
+    if data.draw(st.integers(0, 5 if habit == "proper" else 15), label="batch?"):
+        return plain[0]
+    shapes = GOOD_BATCHES if habit == "proper" else GOOD_BATCHES + BAD_BATCHES
+    shape = pick(data, shapes if call is not None else shapes[:1] + shapes[2:], "shape")
+    if shape == "frames":
+        return batch_of(plain)
+    if shape == "call":
+        assert call is not None
+        return batch_of(call())
+    if shape == "nested":
+        return batch_of([plain[0], batch_of(plain)])
+    if shape == "with a kind":
+        outer = batch_of(plain)
+        outer.MergeFrom(plain[0])  # a frame kind of its own, and its stream id
+        return outer
+    return type(plain[0])(stream_id=plain[0].stream_id)  # empty: a frame of no kind
+
+
+def feed(
+    data: st.DataObject,
+    conn: CallingConnection | ServingConnection,
+    message: Any,
+    side: str,
+) -> None:
+    """Feeds one message as the session does; answers each StreamOpened (serving side)
+    before the next frame is taken in."""
+    frames = conn.unbatch(message)
+    if message.batch:
+        event(f"{side}: a batch taken in")
+    for one in frames:
+        for e in conn.receive(one):
+            event(f"{side}: {type(e).__name__}")
+            if isinstance(e, StreamOpened) and isinstance(conn, ServingConnection):
+                how = data.draw(accept_modes)
+                if how == "reject":
+                    conn.reject_stream(e.stream_id, Code.UNIMPLEMENTED, "no")
+                elif how != "none":
+                    conn.accept_stream(e.stream_id, request_streaming=how == "stream")
+
+
 # -- the calling side ------------------------------------------------------------------
 
 
 def calling_frame(data: st.DataObject, c: CallingConnection) -> S2C:
-    live = [i for i, x in c._streams.items() if x.opened_on_wire]
+    live = [i for i, x in c._streams.items() if x.announced]
     finished = [i for i in range(1, c._last_stream_id + 1) if i not in c._streams]
     if data.draw(one_in_25, label="noise?") == 24:
         k = pick(data, S2C_KINDS, "noise kind")
@@ -205,6 +296,8 @@ CALLING_OPS = ["frame"] * 6 + [
 @FUZZ
 @given(
     negotiated=st.booleans(),
+    batching=st.booleans(),
+    habit=batch_habits,
     good_settings_first=st.sampled_from([True] * 6 + [False]),
     window=st.sampled_from([1, 7, 1000, 65536, 2**32 - 1]),
     peer_window=st.sampled_from([0, 1, 100, 65536, 2**32 - 1]),
@@ -215,6 +308,8 @@ CALLING_OPS = ["frame"] * 6 + [
 )
 def test_calling_connection_survives_random_frames(
     negotiated: bool,
+    batching: bool,
+    habit: str,
     good_settings_first: bool,
     window: int,
     peer_window: int,
@@ -224,10 +319,13 @@ def test_calling_connection_survives_random_frames(
     data: st.DataObject,
 ) -> None:
     c = CallingConnection(
-        negotiated=negotiated,
-        receive_window=window,
-        max_chunk_size=chunk,
-        max_receive_message_size=max_msg,
+        ConnectionConfig(
+            negotiated=negotiated,
+            receive_window=window,
+            max_chunk_size=chunk,
+            max_receive_message_size=max_msg,
+            batching=batching,
+        )
     )
     if good_settings_first:
         c.receive(
@@ -241,13 +339,14 @@ def test_calling_connection_survives_random_frames(
         )
     for _ in range(steps):
         op = pick(data, CALLING_OPS, "op")
-        if op == "frame" and c.ready and not any(x.opened_on_wire for x in c._streams.values()):
+        if op == "frame" and c.ready and not any(x.announced for x in c._streams.values()):
             op = "open" if data.draw(st.integers(0, 4), label="open first?") else op
         sids = sorted(c._streams) or [1]
         try:
             if op == "frame":
-                for e in c.receive(calling_frame(data, c)):
-                    event(f"calling: {type(e).__name__}")
+                n = data.draw(st.integers(1, 4), label="frames")
+                plain = [calling_frame(data, c) for _ in range(n)]
+                feed(data, c, draw_tunnel_message(data, plain, None, batching, habit), "calling")
             elif op == "open":
                 if c.ready:
                     c.open_stream(
@@ -280,7 +379,9 @@ def test_calling_connection_survives_random_frames(
 
 def serving_frame(data: st.DataObject, s: ServingConnection) -> C2S:
     hi = s._highest_stream_id
-    live = sorted(i for i, x in s._streams.items() if not x.closing) or sorted(s._streams)
+    live = sorted(i for i, x in s._streams.items() if x.state is not StreamState.CLOSING) or sorted(
+        s._streams
+    )
     if data.draw(one_in_25, label="noise?") == 24:
         k = pick(data, C2S_KINDS, "noise kind")
         sid = data.draw(
@@ -305,7 +406,7 @@ def serving_frame(data: st.DataObject, s: ServingConnection) -> C2S:
             f.new_stream.method_name = data.draw(bad_methods, label="method")
         f.new_stream.initial_window_size = data.draw(uint32, label="window")
         if data.draw(st.integers(0, 5), label="odd revision?"):
-            f.new_stream.protocol_revision = pick(data, s.supported_revisions, "revision")  # type: ignore[assignment]
+            f.new_stream.protocol_revision = pick(data, s.config.supported_revisions, "revision")  # type: ignore[assignment]
         else:
             f.new_stream.protocol_revision = data.draw(revisions, label="revision")  # type: ignore[assignment]
         if data.draw(st.booleans()):
@@ -319,6 +420,40 @@ def serving_frame(data: st.DataObject, s: ServingConnection) -> C2S:
     elif k == "window_update":
         f.window_update = data.draw(uint32, label="credit")
     return f
+
+
+def whole_call(data: st.DataObject, s: ServingConnection) -> list[C2S]:
+    """A call as a peer of this project batches it: its new_stream, requests (one
+    message, sometimes a second on a unary method, sometimes cut in chunks) and
+    half-close, sometimes with a flaw."""
+    sid = min(s._highest_stream_id + 1, MAX_ID)
+    revision = pick(data, s.config.supported_revisions, "revision")
+    frames = [
+        C2S(
+            stream_id=sid,
+            new_stream=tunnel_pb2.NewStream(
+                method_name="/pkg.Service/Method",
+                initial_window_size=data.draw(uint32, label="window"),
+                protocol_revision=revision,  # type: ignore[arg-type]
+            ),
+        )
+    ]
+    for _ in range(data.draw(st.integers(0, 2), label="requests")):
+        whole = blob(data.draw(send_lengths, label="request length"))
+        cut = data.draw(st.integers(0, len(whole)), label="cut")
+        frames.append(
+            C2S(
+                stream_id=sid,
+                request_message=tunnel_pb2.MessageData(size=len(whole), data=whole[:cut]),
+            )
+        )
+        if cut < len(whole):
+            frames.append(C2S(stream_id=sid, more_request_data=whole[cut:]))
+    if data.draw(st.integers(0, 5), label="half-close?"):
+        frames.append(C2S(stream_id=sid, half_close=EMPTY))
+    if data.draw(st.integers(0, 7), label="flaw?") == 0:
+        frames.insert(data.draw(st.integers(1, len(frames))), serving_frame(data, s))
+    return frames
 
 
 SERVING_OPS = ["frame"] * 7 + [
@@ -336,6 +471,8 @@ SERVING_OPS = ["frame"] * 7 + [
 @FUZZ
 @given(
     negotiated=st.booleans(),
+    batching=st.booleans(),
+    habit=batch_habits,
     window=st.sampled_from([1, 7, 1000, 65536, 2**32 - 1]),
     chunk=st.sampled_from([3, 100, 16384]),
     max_msg=st.sampled_from([None, 0, 100, 10_000]),
@@ -345,6 +482,8 @@ SERVING_OPS = ["frame"] * 7 + [
 )
 def test_serving_connection_survives_random_frames(
     negotiated: bool,
+    batching: bool,
+    habit: str,
     window: int,
     chunk: int,
     max_msg: int | None,
@@ -353,11 +492,14 @@ def test_serving_connection_survives_random_frames(
     data: st.DataObject,
 ) -> None:
     s = ServingConnection(
-        negotiated=negotiated,
-        receive_window=window,
-        max_chunk_size=chunk,
-        max_receive_message_size=max_msg,
-        supported_revisions=supported,
+        ConnectionConfig(
+            negotiated=negotiated,
+            receive_window=window,
+            max_chunk_size=chunk,
+            max_receive_message_size=max_msg,
+            supported_revisions=supported,
+            batching=batching,
+        )
     )
     s.start()
     check_out_frames(s.take_frames(), s)
@@ -366,14 +508,12 @@ def test_serving_connection_survives_random_frames(
         sids = sorted(s._streams) or [1]
         try:
             if op == "frame":
-                for e in s.receive(serving_frame(data, s)):
-                    event(f"serving: {type(e).__name__}")
-                    if isinstance(e, StreamOpened):
-                        how = data.draw(accept_modes)
-                        if how == "reject":
-                            s.reject_stream(e.stream_id, Code.UNIMPLEMENTED, "no")
-                        elif how != "none":
-                            s.accept_stream(e.stream_id, request_streaming=how == "stream")
+                n = data.draw(st.integers(1, 4), label="frames")
+                plain = [serving_frame(data, s) for _ in range(n)]
+                message = draw_tunnel_message(
+                    data, plain, lambda: whole_call(data, s), batching, habit
+                )
+                feed(data, s, message, "serving")
             elif op == "send_headers":
                 s.send_headers(pick(data, sids, "sid"), md(a="b"))
             elif op == "send":
@@ -393,6 +533,7 @@ def test_serving_connection_survives_random_frames(
         except ProtocolError as e:
             assert e.code == Code.INVALID_ARGUMENT and e.message
             event("serving: ProtocolError")
+            event("serving ProtocolError: " + e.message[:30])
             return
         check_invariants(s)
     check_out_frames(s.take_frames(), s)

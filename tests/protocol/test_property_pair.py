@@ -6,7 +6,9 @@ windows, and random interleavings of application reads and frame pumping.
   on each data frame from the wire alone, by the harness's WireChecker);
 * a receiver never holds more than its window plus one message of unread data;
 * once the consumers keep consuming, everything completes within a bounded number of
-  rounds: the pair never deadlocks.
+  rounds: the pair never deadlocks;
+
+with batch frames (the extension between peers of this project) on and off.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ OPS = [
 @PAIR
 @given(
     negotiated=st.booleans(),
+    batching=st.booleans(),
     client_window=st.one_of(st.integers(16, 4096), st.just(65536)),
     server_window=st.one_of(st.integers(16, 4096), st.just(65536)),
     client_chunk=st.one_of(st.integers(16, 3000), st.just(16384)),
@@ -100,6 +103,7 @@ OPS = [
 )
 def test_pair_delivers_everything_in_order_within_windows(
     negotiated: bool,
+    batching: bool,
     client_window: int,
     server_window: int,
     client_chunk: int,
@@ -111,6 +115,7 @@ def test_pair_delivers_everything_in_order_within_windows(
 ) -> None:
     p = Pair(
         negotiated=negotiated,
+        batching=batching,
         client={"receive_window": client_window, "max_chunk_size": client_chunk},
         server={"receive_window": server_window, "max_chunk_size": server_chunk},
     )
@@ -270,3 +275,5 @@ def test_pair_delivers_everything_in_order_within_windows(
     assert not p.client.wants_to_send() and not p.server.wants_to_send()
     assert not p.in_flight_c2s and not p.in_flight_s2c
     assert not bad, bad
+    if not batching:
+        assert p.batches_c2s == p.batches_s2c == 0

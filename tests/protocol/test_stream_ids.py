@@ -7,6 +7,7 @@ import pytest
 from grpctunnel.protocol import (
     CallingConnection,
     Code,
+    ConnectionConfig,
     HalfClosed,
     MessageReceived,
     ProtocolError,
@@ -40,7 +41,7 @@ from .harness import (
 
 
 def serving() -> ServingConnection:
-    s = ServingConnection(negotiated=True)
+    s = ServingConnection(ConnectionConfig(negotiated=True))
     s.start()
     s.take_frames()
     return s
@@ -307,7 +308,7 @@ def test_serving_events_name_their_stream() -> None:
 
 
 def test_calling_connection_not_negotiated_id_rules() -> None:
-    c = CallingConnection(negotiated=False)
+    c = CallingConnection(ConnectionConfig(negotiated=False))
     sid, _ = open_on_wire(c)
     with pytest.raises(ProtocolError):
         c.receive(headers(sid + 1))

@@ -1,0 +1,56 @@
+"""The configuration of one protocol connection: what it advertises and what it accepts.
+
+A :class:`ConnectionConfig` is settled once, when the tunnel RPC has opened (whether a
+revision is negotiated, whether the peer reads batches), and never changes after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grpctunnel.protocol.windows import MAX_WINDOW
+from grpctunnel.v1 import tunnel_pb2
+
+SUPPORTED_REVISIONS: tuple[int, ...] = (tunnel_pb2.REVISION_ZERO, tunnel_pb2.REVISION_ONE)
+DEFAULT_WINDOW = 65536  # what Go peers advertise, and assume when told 0
+GO_CHUNK_SIZE = 16384  # the chunk size Go peers use
+DEFAULT_MAX_RECEIVE_MESSAGE_SIZE = 4 * 1024 * 1024  # gRPC's default receive limit
+
+# revision zero has no windows: what one stream may hold unread before it fails, at least
+_MIN_UNFLOWED_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """How one end of a tunnel runs its protocol connection.
+
+    ``negotiated``: both sides exchanged the negotiate header (settings frames, a
+    revision per stream). ``receive_window``: the window we advertise for each stream.
+    ``max_chunk_size``: the largest chunk of message data we put in one frame.
+    ``max_receive_message_size``: the largest message we accept (None: any).
+    ``supported_revisions``: the protocol revisions we speak. ``max_concurrent_streams``:
+    streams the peer may have open at once (serving side; None: no limit).
+    ``batching``: both sides announced the batch extension, so several frames travel
+    in one message of the tunnel RPC.
+    """
+
+    negotiated: bool
+    receive_window: int = DEFAULT_WINDOW
+    max_chunk_size: int = GO_CHUNK_SIZE
+    max_receive_message_size: int | None = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE
+    supported_revisions: tuple[int, ...] = SUPPORTED_REVISIONS
+    max_concurrent_streams: int | None = None
+    batching: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.receive_window <= MAX_WINDOW:
+            raise ValueError("receive_window must be between 1 and 2**32-1")
+        if self.max_chunk_size <= 0:
+            raise ValueError("max_chunk_size must be positive")
+        revisions = tuple(sorted({int(r) for r in self.supported_revisions}))
+        object.__setattr__(self, "supported_revisions", revisions)
+
+    @property
+    def max_unflowed_bytes(self) -> int:
+        """What one stream of revision zero (no windows) may hold unread before it fails."""
+        return max(_MIN_UNFLOWED_BYTES, 2 * (self.max_receive_message_size or 0))
