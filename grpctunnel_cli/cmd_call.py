@@ -41,7 +41,6 @@ def call(
             metavar="METHOD",
             help="The method: pkg.Service/Method, pkg.Service.Method, or a short form such "
             "as Service/Method when it is unique.",
-            show_default=False,
         ),
     ],
     data: Annotated[
@@ -51,7 +50,6 @@ def call(
             help="Request JSON: inline, @FILE, or @- for stdin. Several JSON values (one per "
             "line, or concatenated) for client/bidi streaming. Omitted: an empty request "
             "(no requests for a streaming method).",
-            show_default=False,
         ),
     ] = None,
     *,

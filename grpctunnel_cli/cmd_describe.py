@@ -23,7 +23,6 @@ def describe(
             metavar="SYMBOL",
             help="A service, method, message or enum: full name, or a unique short name. "
             "Omitted: describe every service.",
-            show_default=False,
         ),
     ] = None,
     *,

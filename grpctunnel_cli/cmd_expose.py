@@ -43,7 +43,6 @@ def expose(
         typer.Argument(
             metavar="BACKEND",
             help="The local backend, host:port (e.g. localhost:9000).",
-            show_default=False,
         ),
     ],
     to: Annotated[
@@ -52,7 +51,6 @@ def expose(
             "--to",
             metavar="HOST:PORT",
             help="The tunnel server.",
-            show_default=False,
             rich_help_panel=CONNECTION,
         ),
     ],
@@ -181,8 +179,7 @@ def _status_table(config: ExposeConfig, stats: ExposeStats) -> Table:
     )
     table.add_row(
         "calls",
-        f"{stats.calls_in_flight} in flight, {stats.calls_total} done, "
-        f"{stats.calls_failed} failed",
+        f"{stats.calls_in_flight} in flight, {stats.calls_total} done, {stats.calls_failed} failed",
     )
     if stats.last_error:
         table.add_row("last error", f"[red]{stats.last_error}[/]")

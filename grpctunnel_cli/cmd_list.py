@@ -22,7 +22,6 @@ def list_services(
             metavar="SERVICE",
             help="A service (full or unique short name) whose methods to list. Omitted: "
             "list the services.",
-            show_default=False,
         ),
     ] = None,
     *,

@@ -86,7 +86,9 @@ ConnectTimeoutOption = Annotated[
 ]
 HostOption = Annotated[
     str,
-    typer.Option("--host", metavar="ADDRESS", help="Address to listen on.", rich_help_panel=LISTENING),
+    typer.Option(
+        "--host", metavar="ADDRESS", help="Address to listen on.", rich_help_panel=LISTENING
+    ),
 ]
 PortOption = Annotated[
     int,
@@ -127,7 +129,6 @@ class ConnectionOptions:
             metavar="'KEY: VALUE'",
             help="Request metadata, repeatable; base64 values for keys ending in -bin. "
             "Sent with reflection requests too.",
-            show_default=False,
             rich_help_panel=CONNECTION,
         ),
     ] = None
@@ -137,7 +138,6 @@ class ConnectionOptions:
             "--timeout",
             metavar="SECONDS",
             help="Deadline of the call, and of each reflection request (those default to 30).",
-            show_default=False,
             rich_help_panel=CONNECTION,
         ),
     ] = None
@@ -158,7 +158,6 @@ class SecurityOptions:
             "--token",
             metavar="TOKEN",
             help=f"Bearer token to send as 'authorization: Bearer ...' (default: ${TOKEN_ENV}).",
-            show_default=False,
             rich_help_panel=SECURITY,
         ),
     ] = None
@@ -168,7 +167,6 @@ class SecurityOptions:
             "--token-file",
             metavar="FILE",
             help="Read the bearer token from this file.",
-            show_default=False,
             rich_help_panel=SECURITY,
         ),
     ] = None
@@ -182,7 +180,6 @@ class SecurityOptions:
             "--ca-cert",
             metavar="FILE",
             help="CA certificate (PEM) to verify the server with; default: the system's.",
-            show_default=False,
             rich_help_panel=SECURITY,
         ),
     ] = None
@@ -192,7 +189,6 @@ class SecurityOptions:
             "--cert",
             metavar="FILE",
             help="Client certificate (PEM), for servers requiring one.",
-            show_default=False,
             rich_help_panel=SECURITY,
         ),
     ] = None
@@ -202,7 +198,6 @@ class SecurityOptions:
             "--key",
             metavar="FILE",
             help="Private key (PEM) of --cert.",
-            show_default=False,
             rich_help_panel=SECURITY,
         ),
     ] = None
