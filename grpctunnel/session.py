@@ -254,7 +254,11 @@ class Session(Generic[Conn, In, Out]):
     async def _read_loop(self) -> None:
         # every message read is a plain frame, or a batch of them (the connection
         # checks it was negotiated); the connection takes them in one at a time, so
-        # that a listener acts on each frame's events before the next is taken in
+        # that a listener acts on each frame's events before the next is taken in.
+        # Backpressure: while the connection's unsent control frames (refusals, window
+        # updates, cancels) are backlogged, the peer is not reading what we owe it, so
+        # we read nothing more of it until the write loop has written them all; its
+        # writes then stall in the transport (see grpctunnel.protocol.connection).
         read = self.stream.read
         conn = self.conn
         unbatch = conn.unbatch
@@ -265,6 +269,10 @@ class Session(Generic[Conn, In, Out]):
             if frame is EOF:
                 return
             for one in unbatch(frame):
+                while conn.output_backlogged:
+                    await self.drain()
+                    if self.closed:
+                        return
                 for event in receive(one):
                     listener = listeners.get(event.stream_id)
                     if listener is not None:

@@ -14,6 +14,28 @@ the application acts. Then call ``take_frames()`` and write what it returns, in 
 (already packed into batches when batching was negotiated). Frames of different
 streams are interleaved round-robin, and a stream whose send window is spent waits for
 credit without holding up the others.
+
+Backpressure. Some frames answer the peer's and no window limits them: the refusals
+of streams it may not open, window updates for the data it sent, cancels. A peer that
+keeps sending and never reads would make them pile up without end, so they wait in
+one control queue, and once ``config.max_unsent_control_frames`` of them wait unsent,
+:attr:`~_Connection.output_backlogged` turns true: take in no more frames (stop
+reading the tunnel RPC) until they have been taken and written; ``receive()`` refuses
+meanwhile (:class:`UsageError`). A peer that does not read is then no longer read
+either: its writes stall in the transport's flow control, and what we hold for it
+stays bounded. Nothing of this shows on the wire, so a peer that reads what it is sent,
+a Go peer or ours, never notices it; nor does ending the tunnel take a status of its
+own. (Two peers of this project that both stopped reading at once would wait for each
+other; each would need thousands of control frames of its own unsent, which a peer
+that reads never leaves.) A refused stream keeps no state: its refusal goes straight
+to the control queue, and the rule that new ids must increase holds by the highest id
+seen.
+
+What a connection holds is thus bounded by its configuration: at most
+``max_concurrent_streams`` streams, each with its receive window plus one message of
+inbound data (revision zero: ``max_unflowed_bytes``) and what the application queued
+on it, and ``max_unsent_control_frames`` control frames plus the few that answer one
+more frame.
 """
 
 from __future__ import annotations
@@ -51,6 +73,7 @@ TUNNEL_STREAM_ID = -1
 _EMPTY = empty_pb2.Empty()
 _METHOD_RE = re.compile(r"^/[^/\s]+/[^/\s]+$")
 _NO_HEADERS_YET = (StreamState.OPEN, StreamState.HALF_CLOSED)
+_SHOWN_METHOD_CHARS = 200  # of a malformed method name, in the status that refuses it
 
 PeerFrame = TypeVar("PeerFrame", tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient)
 """The frames this end receives."""
@@ -95,6 +118,17 @@ class _Connection(Generic[Frame, PeerFrame]):
     def wants_to_send(self) -> bool:
         return bool(self._control) or bool(self._ready)
 
+    @property
+    def unsent_control_frames(self) -> int:
+        """Control frames (refusals, window updates, cancels...) not yet taken."""
+        return len(self._control)
+
+    @property
+    def output_backlogged(self) -> bool:
+        """So many control frames wait unsent that no frame may be taken in until they
+        have been taken (see the module's docstring)."""
+        return len(self._control) >= self.config.max_unsent_control_frames
+
     # -- receiving ----------------------------------------------------------------
 
     def unbatch(self, frame: PeerFrame) -> Sequence[PeerFrame]:
@@ -104,6 +138,13 @@ class _Connection(Generic[Frame, PeerFrame]):
         return batch.unpack(
             frame, batching=self.config.batching, error_code=self._stream_error_code
         )
+
+    def _check_not_backlogged(self) -> None:
+        if len(self._control) >= self.config.max_unsent_control_frames:
+            raise UsageError(
+                f"{len(self._control)} control frames wait unsent: take them before "
+                "taking in another frame"
+            )
 
     # -- sending ------------------------------------------------------------------
 
@@ -379,7 +420,9 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer, tunnel_pb2.Server
     # -- frames from the peer -------------------------------------------------------
 
     def receive(self, frame: tunnel_pb2.ServerToClient) -> list[ev.Event]:
-        """Takes in one plain frame (see ``unbatch()``); returns what it brought about."""
+        """Takes in one plain frame (see ``unbatch()``); returns what it brought about.
+        Not while :attr:`output_backlogged`."""
+        self._check_not_backlogged()
         kind = frame.WhichOneof("frame")
         stream_id = frame.stream_id
         if kind == "settings":
@@ -492,6 +535,11 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.Client
         self._highest_stream_id = 0
         self._started = False
 
+    @property
+    def highest_stream_id(self) -> int:
+        """The highest stream id the peer has opened (or tried to); 0: none yet."""
+        return self._highest_stream_id
+
     def start(self) -> None:
         if self._started:
             return
@@ -563,7 +611,9 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.Client
     # -- frames from the peer -------------------------------------------------------
 
     def receive(self, frame: tunnel_pb2.ClientToServer) -> list[ev.Event]:
-        """Takes in one plain frame (see ``unbatch()``); returns what it brought about."""
+        """Takes in one plain frame (see ``unbatch()``); returns what it brought about.
+        Not while :attr:`output_backlogged`."""
+        self._check_not_backlogged()
         kind = frame.WhichOneof("frame")
         stream_id = frame.stream_id
         if kind == "new_stream":
@@ -612,33 +662,41 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.Client
                 self._stream_error_code,
             )
         self._highest_stream_id = stream_id
-        revision = int(ns.protocol_revision)
-        send_window, recv_window = self._new_windows(revision, ns.initial_window_size)
-        st = Stream(stream_id, revision, send_window, recv_window)
         limit = self.config.max_concurrent_streams
-        over_limit = limit is not None and len(self._streams) >= limit
-        self._streams[stream_id] = st
-        if over_limit:
-            self.reject_stream(
+        if limit is not None and len(self._streams) >= limit:
+            self._refuse(
                 stream_id,
                 Code.RESOURCE_EXHAUSTED,
                 f"too many concurrent streams on this tunnel (limit {limit})",
             )
             return []
+        revision = int(ns.protocol_revision)
         if revision not in self.config.supported_revisions:
-            self.reject_stream(
-                stream_id, Code.UNAVAILABLE, f"unsupported protocol revision {revision}"
-            )
+            self._refuse(stream_id, Code.UNAVAILABLE, f"unsupported protocol revision {revision}")
             return []
         method = ns.method_name
         if not _METHOD_RE.match(method):
-            self.reject_stream(
+            shown = method[:_SHOWN_METHOD_CHARS]
+            if len(method) > _SHOWN_METHOD_CHARS:
+                shown += f"... ({len(method)} characters)"
+            self._refuse(
                 stream_id,
                 Code.INVALID_ARGUMENT,
-                f"malformed method name {method!r}: want /package.Service/Method",
+                f"malformed method name {shown!r}: want /package.Service/Method",
             )
             return []
+        send_window, recv_window = self._new_windows(revision, ns.initial_window_size)
+        self._streams[stream_id] = Stream(stream_id, revision, send_window, recv_window)
         return [ev.StreamOpened(stream_id, method, ns.request_headers, revision)]
+
+    def _refuse(self, stream_id: int, code: Code, message: str) -> None:
+        """Answers a new stream the core will not open with (empty) headers and an
+        error close, and keeps nothing of it: only its id stays used."""
+        self._control.append(
+            tunnel_pb2.ServerToClient(stream_id=stream_id, response_headers=tunnel_pb2.Metadata())
+        )
+        close = tunnel_pb2.CloseStream(status=_status(code, message))
+        self._control.append(tunnel_pb2.ServerToClient(stream_id=stream_id, close_stream=close))
 
     # -- framing --------------------------------------------------------------------
 

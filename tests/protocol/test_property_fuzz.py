@@ -215,12 +215,16 @@ def feed(
     message: Any,
     side: str,
 ) -> None:
-    """Feeds one message as the session does; answers each StreamOpened (serving side)
-    before the next frame is taken in."""
+    """Feeds one message as the session does: answers each StreamOpened (serving side)
+    before the next frame is taken in, and takes in nothing while the output is
+    backlogged (the session waits for it to be written; here it is taken at once)."""
     frames = conn.unbatch(message)
     if message.batch:
         event(f"{side}: a batch taken in")
     for one in frames:
+        if conn.output_backlogged:
+            event(f"{side}: output backlogged")
+            check_out_frames(conn.take_frames(), conn)
         for e in conn.receive(one):
             event(f"{side}: {type(e).__name__}")
             if isinstance(e, StreamOpened) and isinstance(conn, ServingConnection):
@@ -477,6 +481,8 @@ SERVING_OPS = ["frame"] * 7 + [
     chunk=st.sampled_from([3, 100, 16384]),
     max_msg=st.sampled_from([None, 0, 100, 10_000]),
     supported=st.sampled_from([(0, 1), (0, 1), (0,), (1,)]),
+    limit=st.sampled_from([None, None, 0, 2]),
+    bound=st.sampled_from([8192, 3]),
     steps=st.integers(1, 80),
     data=st.data(),
 )
@@ -488,6 +494,8 @@ def test_serving_connection_survives_random_frames(
     chunk: int,
     max_msg: int | None,
     supported: tuple[int, ...],
+    limit: int | None,
+    bound: int,
     steps: int,
     data: st.DataObject,
 ) -> None:
@@ -499,6 +507,8 @@ def test_serving_connection_survives_random_frames(
             max_receive_message_size=max_msg,
             supported_revisions=supported,
             batching=batching,
+            max_concurrent_streams=limit,
+            max_unsent_control_frames=bound,
         )
     )
     s.start()
@@ -536,5 +546,6 @@ def test_serving_connection_survives_random_frames(
             event("serving ProtocolError: " + e.message[:30])
             return
         check_invariants(s)
+        assert limit is None or s.active_streams <= limit
     check_out_frames(s.take_frames(), s)
     check_invariants(s)
