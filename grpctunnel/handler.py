@@ -60,6 +60,27 @@ class TunnelRecord:
         self.labels: dict[str, Any] = {}
         self.session: CallingSession | ServingSession | None = None
         self.pending_close: tuple[grpc.StatusCode, str] | None = None
+        self._end_callbacks: list[Callable[[TunnelRecord], None]] = []
+        self.ended = False
+
+    def add_end_callback(self, callback: Callable[[TunnelRecord], None]) -> None:
+        """Calls ``callback(record)`` once the tunnel has ended (at once if it has)."""
+        if self.ended:
+            callback(self)
+        else:
+            self._end_callbacks.append(callback)
+
+    def end(self) -> None:
+        """The tunnel RPC is over: runs the end callbacks, once."""
+        if self.ended:
+            return
+        self.ended = True
+        callbacks, self._end_callbacks = self._end_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("tunnel end callback failed for %r", self)
 
     @property
     def closing(self) -> bool:
@@ -201,16 +222,16 @@ class TunnelServiceHandler(ServiceRegistrar):
         the next tunnel to open sees it."""
         if self._shutting_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-        accept = self.options.accept_tunnel
-        if accept is not None:
-            refusal = accept(kind, opening.metadata, opening.peer)
-            if refusal is not None:
-                code, details = refusal
-                log.info(
-                    "refused %s tunnel from %s: %s: %s", kind, opening.peer, code.name, details
-                )
-                await context.abort(code, details)
+        accept, admit = self.options.accept_tunnel, self.options.admit_tunnel
+        refusal = accept(kind, opening.metadata, opening.peer) if accept is not None else None
         record = TunnelRecord(kind, opening.metadata, opening.peer)
+        if refusal is None and admit is not None:
+            refusal = admit(record)
+        if refusal is not None:
+            record.end()
+            code, details = refusal
+            log.info("refused %s tunnel from %s: %s: %s", kind, opening.peer, code.name, details)
+            await context.abort(code, details)
         self._records.add(record)
         return record
 
@@ -234,6 +255,7 @@ class TunnelServiceHandler(ServiceRegistrar):
             await self._run_forward(context, record, opening)
         finally:
             self._records.discard(record)
+            record.end()
 
     async def _run_forward(
         self, context: ForwardContext, record: TunnelRecord, opening: TunnelOpening
@@ -263,6 +285,7 @@ class TunnelServiceHandler(ServiceRegistrar):
             await self._run_reverse(context, record, opening)
         finally:
             self._records.discard(record)
+            record.end()
 
     async def _run_reverse(
         self, context: ReverseContext, record: TunnelRecord, opening: TunnelOpening
@@ -270,7 +293,7 @@ class TunnelServiceHandler(ServiceRegistrar):
         await context.send_initial_metadata(md.tunnel_open_headers())
         session = calling_session(context, opening, self.options)
         await self._start_session(context, record, session)
-        tunnel = ReverseTunnel(session)
+        tunnel = ReverseTunnel(session, record)
         run = asyncio.ensure_future(session.run())
         ready = asyncio.ensure_future(session.wait_ready())
         try:

@@ -25,7 +25,7 @@ from grpctunnel.protocol import (
 )
 
 if TYPE_CHECKING:
-    from grpctunnel.handler import ReverseTunnel
+    from grpctunnel.handler import ReverseTunnel, TunnelRecord
 
 DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE  # gRPC's default limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
@@ -80,6 +80,10 @@ class TunnelServiceHandlerOptions(TunnelOptions):
     tunnel as it opens by returning a status code and message; ``authorize_call(
     tunnel_metadata, method)`` may likewise refuse each call made through a forward
     tunnel. Both see the metadata the tunnel was opened with (its credentials).
+    ``admit_tunnel(record)`` runs after ``accept_tunnel``, with the
+    :class:`~grpctunnel.handler.TunnelRecord` the tunnel will have: it may refuse the same
+    way, or keep state on the record (``record.labels``) and be told when the tunnel ends
+    (``record.add_end_callback``), whether it ever became usable or not.
     ``grpctunnel.gateway.auth.require_tokens(options, authority)`` sets both to check bearer
     tokens, and ``grpctunnel.gateway.Gateway(authority=...)`` does that and more (tunnel
     names, tunnels per credential). ``max_concurrent_streams`` is the usual guard
@@ -91,6 +95,7 @@ class TunnelServiceHandlerOptions(TunnelOptions):
         Callable[[str, MetadataPairs, str], tuple[grpc.StatusCode, str] | None] | None
     ) = None
     authorize_call: Callable[[MetadataPairs, str], tuple[grpc.StatusCode, str] | None] | None = None
+    admit_tunnel: Callable[[TunnelRecord], tuple[grpc.StatusCode, str] | None] | None = None
     on_reverse_tunnel_open: Callable[[ReverseTunnel], Any] | None = None
     on_reverse_tunnel_close: Callable[[ReverseTunnel], Any] | None = None
     affinity_key: Callable[[ReverseTunnel], Hashable] | None = None

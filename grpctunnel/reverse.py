@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
 from grpctunnel import metadata as md
 from grpctunnel.calls import CallingSession
 from grpctunnel.channel import SingleSession, TunnelChannel
+
+if TYPE_CHECKING:
+    from grpctunnel.handler import TunnelRecord
 
 
 class ReverseTunnel:
@@ -30,9 +34,10 @@ class ReverseTunnel:
 
     _ids = itertools.count(1)
 
-    def __init__(self, session: CallingSession) -> None:
+    def __init__(self, session: CallingSession, record: TunnelRecord | None = None) -> None:
         self.id = next(self._ids)
         self.session = session
+        self.record = record  # the handler's record of the tunnel RPC (None: made by hand)
         self.key: Hashable = None
         self.channel = TunnelChannel(_OneReverseTunnel(session))
 

@@ -17,6 +17,7 @@ import typer
 
 from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
 from grpctunnel.gateway.auth import AuthConfigError, TokenAuthority
+from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.server import DEFAULT_MAX_STREAMS_PER_TUNNEL
 from grpctunnel_cli.command import run, until_signalled
 from grpctunnel_cli.errors import CliError, UsageError
@@ -108,6 +109,17 @@ def serve(
             panel=SECURITY,
         ),
     ] = False,
+    service_grace: Annotated[
+        float,
+        typer.Option(
+            "--service-grace",
+            min=0,
+            metavar="SECONDS",
+            help="A service belongs to the credential that exposed it first; it keeps it "
+            "this long after its last tunnel closed, so a reconnecting exposer gets it back.",
+            rich_help_panel=SECURITY,
+        ),
+    ] = DEFAULT_SERVICE_GRACE,
     *,
     relay: RelayOptions,
     max_streams: Annotated[
@@ -153,6 +165,7 @@ def serve(
                 keepalive_interval=relay.keepalive_interval,
                 keepalive_timeout=relay.keepalive_timeout,
                 observer=_log_call,
+                service_grace=service_grace,
             )
         )
         try:

@@ -20,6 +20,9 @@ SERVICES_HEADER = "grpctunnel-services"
 PIN_HEADER = "grpctunnel-tunnel"
 INSTANCE_HEADER = "grpctunnel-instance"
 SLOT_HEADER = "grpctunnel-slot"
+# when the exposer process started (nanoseconds since the Unix epoch): the fencing order of
+# instances that share a name, newer wins
+EPOCH_HEADER = "grpctunnel-epoch"
 # in the status of a tunnel closed because a newer instance of its exposer took over
 TAKEN_OVER = "taken over by a newer instance"
 
@@ -52,11 +55,25 @@ def announced_services(metadata: md.MetadataPairs) -> tuple[str, ...]:
     return tuple(s for s in (part.strip() for part in value.split(",")) if s)
 
 
+def announced_epoch(metadata: md.MetadataPairs) -> int | None:
+    """The announced start time of the exposer instance, or None (not announced, or
+    not a number)."""
+    value = md.first_value(metadata, EPOCH_HEADER)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
 def announce_metadata(
-    name: str, services: Iterable[str], *, instance: str | None = None, slot: int | None = None
+    name: str,
+    services: Iterable[str],
+    *,
+    instance: str | None = None,
+    slot: int | None = None,
+    epoch: int | None = None,
 ) -> md.MetadataPairs:
-    """The tunnel open metadata an exposer sends: its name and services, and which
-    process (``instance``) and which of its tunnels (``slot``) this is."""
+    """The tunnel open metadata an exposer sends: its name and services, which process
+    (``instance``, started at ``epoch``) and which of its tunnels (``slot``) this is."""
     pairs: list[tuple[str, str | bytes]] = [
         (NAME_HEADER, name),
         (SERVICES_HEADER, ",".join(services)),
@@ -65,10 +82,13 @@ def announce_metadata(
         pairs.append((INSTANCE_HEADER, instance))
         if slot is not None:
             pairs.append((SLOT_HEADER, str(slot)))
+        if epoch is not None:
+            pairs.append((EPOCH_HEADER, str(epoch)))
     return tuple(pairs)
 
 
 __all__ = [
+    "EPOCH_HEADER",
     "GATEWAY_ANSWERS",
     "HEALTH",
     "INSTANCE_HEADER",
@@ -79,6 +99,7 @@ __all__ = [
     "TAKEN_OVER",
     "TUNNEL_SERVICE",
     "announce_metadata",
+    "announced_epoch",
     "announced_name",
     "announced_services",
     "tunnel_name",

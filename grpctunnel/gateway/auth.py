@@ -55,11 +55,14 @@ class Grant:
     """What one token may do. ``None`` for a set means "any".
 
     ``name`` identifies the credential: the tunnel names it claims and its tunnel count
-    are kept under it. A token that may call may also use server reflection (callers
-    need it to find methods), whatever its ``call_services``.
+    are kept under it. ``group``, when set, names the credentials that share the
+    services they expose (see :mod:`grpctunnel.gateway.directory`). A token that may
+    call may also use server reflection (callers need it to find methods), whatever its
+    ``call_services``.
     """
 
     name: str = "token"
+    group: str | None = None
     may_expose: bool = True
     expose_names: frozenset[str] | None = None
     expose_services: frozenset[str] | None = None
@@ -111,7 +114,9 @@ class TokenAuthority:
         true or false, narrowed by ``expose_names`` / ``expose_services`` when given;
         ``max_tunnels`` bounds the tunnels (forward and reverse) open at once under
         the credential. Entries that share a ``name`` are one credential (two tokens
-        during a rotation, say): they share tunnel names and the tunnel limit.
+        during a rotation, say): they share tunnel names and the tunnel limit. A
+        service belongs to the credential that exposed it first; credentials with the
+        same ``group`` share the services they expose.
         """
         text = Path(path).read_text(encoding="utf-8").strip()
         if not text:
@@ -176,6 +181,7 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
         "expose_names",
         "expose_services",
         "max_tunnels",
+        "group",
     }
     if unknown:
         raise AuthConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -190,8 +196,12 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
     max_tunnels = entry.get("max_tunnels")
     if max_tunnels is not None and (not isinstance(max_tunnels, int) or max_tunnels < 1):
         raise AuthConfigError(f"{where}: 'max_tunnels' must be a positive integer")
+    group = entry.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise AuthConfigError(f"{where}: 'group' must be a non-empty string")
     grant = Grant(
         name=str(entry.get("name") or where),
+        group=group,
         may_expose=expose,
         expose_names=_names(entry.get("expose_names"), f"{where}.expose_names"),
         expose_services=_names(entry.get("expose_services"), f"{where}.expose_services"),

@@ -79,12 +79,14 @@ class Owner:
 
 @dataclass(eq=False)
 class Claim(Generic[T]):
-    """One admitted tunnel: what it announced, and its tunnel once it is routable."""
+    """One admitted tunnel: what it announced, and its tunnel once it is routable.
+    ``holder`` is whatever the caller keeps with it (the gateway: its tunnel record)."""
 
     owner: Owner
     name: str
     services: tuple[str, ...]
     kind: str = "reverse"
+    holder: object = None
     tunnel: T | None = None
     released: bool = False
 
@@ -150,11 +152,17 @@ class TunnelDirectory(Generic[T]):
                 )
 
     def admit(
-        self, owner: Owner, name: str, services: Iterable[str], *, kind: str = "reverse"
+        self,
+        owner: Owner,
+        name: str,
+        services: Iterable[str],
+        *,
+        kind: str = "reverse",
+        holder: object = None,
     ) -> Claim[T]:
         """Records a tunnel that passed :meth:`check`: its name and services are held
         from now on (it is not routable until :meth:`publish`)."""
-        claim: Claim[T] = Claim(owner, name, tuple(dict.fromkeys(services)), kind)
+        claim: Claim[T] = Claim(owner, name, tuple(dict.fromkeys(services)), kind, holder)
         now = self._clock()
         self._sweep(now)
         for service in claim.services:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,8 @@ class ExposeConfig:
     ``server_credentials`` / ``backend_credentials`` make those connections TLS;
     ``channel_options`` apply to both. The server connection also gets keepalive
     options (``keepalive_interval`` None turns them off). ``instance`` identifies this
-    exposer to the server (one per process unless given). ``max_message_length`` bounds
+    exposer to the server (one per process unless given) and ``epoch`` orders it among
+    the instances of its name: when it started, a newer one wins. ``max_message_length`` bounds
     each relayed message both ways (the backend connection's gRPC limits and the
     tunnel's); None for no limit.
     """
@@ -113,6 +115,7 @@ class ExposeConfig:
     keepalive_interval: float | None = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    epoch: int = field(default_factory=time.time_ns)
     max_message_length: int | None = 64 * 1024 * 1024
 
     def backend_channel_options(self) -> list[tuple[str, Any]]:
@@ -164,11 +167,9 @@ class Exposer:
         self._backend = _channel(
             config.backend, config.backend_credentials, config.backend_channel_options()
         )
-        self.proxy = ProxyHandler(
-            lambda method, md: Route(self._backend, f"backend {config.backend}"),
-            observer=self._observed,
-            kinds=MethodKinds(lambda service: self._backend),
-        )
+        self.kinds = MethodKinds(lambda service: self._backend)
+        route = Route(self._backend, f"backend {config.backend}", self.kinds)
+        self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
         self._stopping = asyncio.Event()
         self._connected_once = False
         self.services: list[str] = list(config.services)
@@ -249,7 +250,11 @@ class Exposer:
                         config.server, config.server_credentials, config.server_channel_options()
                     )
                     announce = announce_metadata(
-                        config.name, services, instance=config.instance, slot=index
+                        config.name,
+                        services,
+                        instance=config.instance,
+                        slot=index,
+                        epoch=config.epoch,
                     )
                     options = TunnelClientOptions(
                         metadata=(*announce, *config.metadata),
@@ -276,6 +281,12 @@ class Exposer:
                             "this one stops"
                         )
             except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.ABORTED:  # fenced off: a newer one has the name
+                    raise ExposeError(
+                        f"server {config.server} refused the tunnel: {e.details()}; "
+                        "a newer `expose` of the same name and credential runs elsewhere, "
+                        "so this one stops"
+                    ) from None
                 if e.code() in FATAL_CODES and not self._connected_once:
                     raise ExposeError(
                         f"server {config.server} refused the tunnel: {e.code().name}: {e.details()}"

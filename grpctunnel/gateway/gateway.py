@@ -28,22 +28,28 @@ right to expose, under its announced name and services; opening a forward tunnel
 calling directly, needs the right to call, and each call made inside a forward tunnel
 is checked against the token the tunnel was opened with (the handler's
 ``authorize_call`` hook). A credential may hold at most ``Grant.max_tunnels`` tunnels.
-A tunnel name belongs to the credential whose tunnels hold it; another credential
-announcing it is refused with PERMISSION_DENIED.
+A tunnel name belongs to the credential whose tunnels hold it, and a service to the
+credential that exposed it first (see :mod:`grpctunnel.gateway.directory`); another
+credential announcing either is refused with PERMISSION_DENIED.
 
-Exposers send a per-process :data:`INSTANCE_HEADER` (and :data:`SLOT_HEADER`, which of
-its tunnels this is). A reverse tunnel of a new instance under the same credential and
-name takes over at once: the old instance's tunnels under that name are closed with
-ABORTED ("taken over ..."), so a restarted exposer never waits for its stale session to
-time out. A reconnection of the same instance replaces only its own tunnel of that
-slot, so the tunnels of one ``expose --tunnels N`` coexist.
+Exposers send a per-process :data:`INSTANCE_HEADER`, the time that process started
+(:data:`EPOCH_HEADER`) and :data:`SLOT_HEADER`, which of its tunnels this is. A reverse
+tunnel of a newer instance under the same credential and name takes over at once: the
+older instance's tunnels under that name are closed with ABORTED ("taken over ..."), so a
+restarted exposer never waits for its stale session to time out. The order is a fence:
+an older instance (by epoch, or one already taken over) that comes back, say after its
+network was cut, is refused with ABORTED and never wins the name back. A reconnection
+of the same instance replaces only its own tunnel of that slot, so the tunnels of one
+``expose --tunnels N`` coexist.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -59,6 +65,7 @@ from grpctunnel.gateway.announce import (
     SLOT_HEADER,
     TAKEN_OVER,
     TUNNEL_SERVICE,
+    announced_epoch,
     announced_name,
     announced_services,
     tunnel_name,
@@ -75,6 +82,13 @@ from grpctunnel.gateway.auth import (
     decide,
     first_refusal,
 )
+from grpctunnel.gateway.directory import (
+    DEFAULT_SERVICE_GRACE,
+    Claim,
+    Owner,
+    Refused,
+    TunnelDirectory,
+)
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.proxy import CallObserver, ProxyHandler, Route, RouteError
 from grpctunnel.gateway.reflection import MergedReflection
@@ -86,12 +100,24 @@ from grpctunnel.v1 import tunnel_pb2_grpc
 log = logging.getLogger("grpctunnel")
 
 
+@dataclass(eq=False)
+class ExposedTunnel:
+    """A reverse tunnel as the gateway routes to it: its name, the route that relays a
+    call into it, and the method kinds learnt of the backend behind it."""
+
+    tunnel: ReverseTunnel
+    name: str
+    kinds: MethodKinds
+    route: Route
+
+
 class Gateway:
     """Routes calls for exposed services over the reverse tunnels that expose them.
 
-    Attach it to a grpc.aio server with :meth:`attach`; it adds the tunnel service, the
-    relaying handler, reflection and health there, and the same relaying, reflection
-    and health to calls arriving through forward tunnels.
+    Attach it to a grpc.aio server with :meth:`attach` (or use
+    :class:`~grpctunnel.gateway.GatewayServer`, which builds the whole server); it adds
+    the tunnel service, the relaying handler, reflection and health there, and the same
+    relaying, reflection and health to calls arriving through forward tunnels.
 
     With ``authority``, tunnels and calls need a token that grants them (see the module
     documentation); the gateway enforces this on everything it attaches, and
@@ -100,6 +126,8 @@ class Gateway:
     ``options`` still run, before the gateway's own checks, and so do
     ``on_reverse_tunnel_open`` / ``on_reverse_tunnel_close``; the caller's ``options``
     object itself is left as it was. The affinity key of a tunnel is its name.
+    ``service_grace`` is how long a credential keeps a service after its last tunnel
+    exposing it closed.
     """
 
     def __init__(
@@ -110,6 +138,7 @@ class Gateway:
         observer: CallObserver | None = None,
         on_tunnel_open: Callable[[ReverseTunnel], Any] | None = None,
         on_tunnel_close: Callable[[ReverseTunnel], Any] | None = None,
+        service_grace: float = DEFAULT_SERVICE_GRACE,
     ) -> None:
         given = options or TunnelServiceHandlerOptions()
         self.authority = authority
@@ -120,7 +149,7 @@ class Gateway:
             on_reverse_tunnel_open=self._opened,
             on_reverse_tunnel_close=self._closed,
             affinity_key=tunnel_name,
-            accept_tunnel=first_refusal(given.accept_tunnel, self._accept_tunnel),
+            admit_tunnel=first_refusal(given.admit_tunnel, self._admit),
             authorize_call=(
                 first_refusal(given.authorize_call, self._authorize_call)
                 if authority is not None
@@ -128,12 +157,14 @@ class Gateway:
             ),
         )
         self.handler = TunnelServiceHandler(options)
-        # what kind each exposed method is, learnt by reflection through the tunnels
-        self.kinds = MethodKinds(self._kinds_channel)
-        self.proxy = ProxyHandler(
-            self._route, observer=observer, drop_headers=frozenset({PIN_HEADER}), kinds=self.kinds
+        self.directory: TunnelDirectory[ExposedTunnel] = TunnelDirectory(
+            service_grace=service_grace
         )
-        self._channels: dict[tuple[str, str | None], grpc.aio.Channel] = {}
+        # the newest instance epoch seen per (credential, name): the fence
+        self._epochs: OrderedDict[tuple[str | None, str], int] = OrderedDict()
+        self.proxy = ProxyHandler(
+            self._route, observer=observer, drop_headers=frozenset({PIN_HEADER})
+        )
         self._reflection = MergedReflection(self)
         self.health = HealthServicer()
         self._register(self.handler)
@@ -157,8 +188,9 @@ class Gateway:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         handlers: tuple[Any, ...] = (self._reflection.generic_handler(), self.proxy)
         if direct and self.authority is not None:
-            # calls straight to the server carry their own token; those inside a forward
-            # tunnel are checked by authorize_call against the tunnel's
+            # calls straight to the server carry their own token (judged once, by the
+            # interceptor or by these guards); those inside a forward tunnel are checked
+            # by authorize_call against the tunnel's
             handlers = tuple(GuardedHandler(self.authority, h) for h in handlers)
         target.add_generic_rpc_handlers(handlers)
 
@@ -168,56 +200,103 @@ class Gateway:
         assert self.authority is not None
         return decide(self.authority, method, tunnel_metadata)[1]
 
-    def _owner(self, record: TunnelRecord) -> str | None:
-        """The credential a tunnel was opened with (None without an authority)."""
-        if "owner" not in record.labels:
-            grant = (
-                self.authority.authenticate(record.metadata) if self.authority is not None else None
-            )
-            record.labels["owner"] = grant.name if grant is not None else None
-        owner: str | None = record.labels["owner"]
-        return owner
+    def may_call(self, metadata: md.MetadataPairs, service: str) -> bool:
+        """Whether the credential in ``metadata`` may call ``service`` (always, without
+        tokens)."""
+        if self.authority is None:
+            return True
+        grant = self.authority.authenticate(metadata)
+        return grant is not None and grant.may_call_service(service)
 
-    def _accept_tunnel(self, kind: str, metadata: md.MetadataPairs, peer: str) -> Refusal | None:
+    def _admit(self, record: TunnelRecord) -> Refusal | None:
+        """Admits a tunnel as it opens, or says why not: its token's rights, the
+        ownership of its name and services, the fence of its instance, and its
+        credential's tunnel limit. An admitted tunnel holds a claim in the directory
+        until it ends, and the tunnels it takes over are closed."""
+        kind, metadata = record.kind, record.metadata
         grant: Grant | None = None
         if self.authority is not None:
             method = OPEN_REVERSE_TUNNEL if kind == "reverse" else OPEN_TUNNEL
             grant, refusal = decide(self.authority, method, metadata)
             if refusal is not None:
                 return refusal
-        owner = grant.name if grant is not None else None
-        open_now = self.handler.open_tunnels()
+        owner = (
+            Owner(grant.name, grant.group, grant.expose_services) if grant is not None else Owner()
+        )
+        name = ""
+        services: tuple[str, ...] = ()
         replaced: list[tuple[TunnelRecord, grpc.StatusCode, str]] = []
         if kind == "reverse":
-            name = announced_name(metadata)
+            name, services = announced_name(metadata), announced_services(metadata)
             if grant is not None:
-                why = grant.may_expose_as(name, announced_services(metadata))
+                why = grant.may_expose_as(name, services)
                 if why is not None:
                     return grpc.StatusCode.PERMISSION_DENIED, why
             if name:
-                same_name = [
-                    r
-                    for r in open_now
-                    if r.kind == "reverse" and announced_name(r.metadata) == name
+                holders = [
+                    c.holder
+                    for c in self.directory.holding(name)
+                    if isinstance(c.holder, TunnelRecord)
+                    and c.owner.credential == owner.credential
                 ]
-                if any(self._owner(r) != owner for r in same_name):
-                    return (
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"tunnel name {name!r} belongs to another credential",
-                    )
-                replaced = _replaced_by(metadata, name, same_name)
-        if grant is not None and grant.max_tunnels is not None:
-            going = {id(r) for r, _, _ in replaced}
-            held = sum(1 for r in open_now if id(r) not in going and self._owner(r) == owner)
-            if held >= grant.max_tunnels:
-                return (
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"credential {owner!r} already has {held} tunnels open "
-                    f"(its limit is {grant.max_tunnels})",
-                )
-        for record, code, reason in replaced:
-            log.info("closing a tunnel from %s: %s (new one from %s)", record.peer, reason, peer)
-            record.close(reason, code)
+                stale = self._fenced_off(owner, name, metadata, holders)
+                if stale is not None:
+                    return grpc.StatusCode.ABORTED, stale
+                replaced = _replaced_by(metadata, name, holders)
+        going = [r.labels["claim"] for r, _, _ in replaced if "claim" in r.labels]
+        try:
+            self.directory.check(
+                owner,
+                name,
+                services,
+                max_tunnels=grant.max_tunnels if grant is not None else None,
+                leaving=going,
+            )
+        except Refused as refused:
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if refused.exhausted
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            return code, refused.reason
+        claim = self.directory.admit(owner, name, services, kind=kind, holder=record)
+        record.labels["claim"] = claim
+        record.labels["owner"] = owner
+        record.add_end_callback(lambda _: self.directory.release(claim))
+        for old, code, reason in replaced:
+            log.info("closing a tunnel from %s: %s (new one from %s)", old.peer, reason, record.peer)
+            old.close(reason, code)
+        return None
+
+    def _fenced_off(
+        self,
+        owner: Owner,
+        name: str,
+        metadata: md.MetadataPairs,
+        holders: list[TunnelRecord],
+    ) -> str | None:
+        """Why an instance announcing ``name`` is stale (a newer instance of the same
+        credential holds or held the name), or None; remembers the newest epoch."""
+        instance = md.first_value(metadata, INSTANCE_HEADER)
+        epoch = announced_epoch(metadata)
+        if not isinstance(instance, str) or not instance or epoch is None:
+            return None  # an exposer that announces no order: as before, last one wins
+        for holder in holders:
+            theirs = announced_epoch(holder.metadata)
+            if (
+                holder.metadata_value(INSTANCE_HEADER) != instance
+                and theirs is not None
+                and theirs > epoch
+            ):
+                return f"tunnel name {name!r} {TAKEN_OVER} of the same credential; this one is stale"
+        key = (owner.credential, name)
+        newest = self._epochs.get(key)
+        if newest is not None and epoch < newest:
+            return f"tunnel name {name!r} {TAKEN_OVER} of the same credential; this one is stale"
+        self._epochs[key] = epoch
+        self._epochs.move_to_end(key)
+        while len(self._epochs) > _MAX_FENCES:
+            self._epochs.popitem(last=False)
         return None
 
     def own_services(self) -> list[str]:
@@ -229,24 +308,26 @@ class Gateway:
         return self.handler.all_reverse_tunnels()
 
     def exposed(self) -> dict[str, list[str]]:
-        """Service name -> names of the tunnels exposing it."""
-        out: dict[str, list[str]] = {}
-        for tunnel in self.tunnels():
-            name = tunnel_name(tunnel)
-            for service in tunnel_services(tunnel):
-                names = out.setdefault(service, [])
-                if name not in names:
-                    names.append(name)
-        return out
+        """Service name -> names of the live tunnels exposing it."""
+        return self.directory.exposed()
 
     def _opened(self, tunnel: ReverseTunnel) -> None:
-        credential = ""
-        if self.authority is not None:
-            grant = self.authority.authenticate(tunnel.metadata)
-            credential = f" (credential {grant.name!r})" if grant is not None else ""
+        labels = tunnel.record.labels if tunnel.record is not None else {}
+        claim = labels.get("claim")
+        name = tunnel_name(tunnel)
+        if isinstance(claim, Claim):
+            kinds = MethodKinds(lambda service: tunnel.channel)
+            route = Route(tunnel.channel, None, kinds)
+            self.directory.publish(claim, ExposedTunnel(tunnel, name, kinds, route))
+        owner = labels.get("owner")
+        credential = (
+            f" ({owner.describe()})"
+            if isinstance(owner, Owner) and owner.credential is not None
+            else ""
+        )
         log.info(
             "tunnel opened: %s from %s exposing %s%s",
-            tunnel_name(tunnel),
+            name,
             tunnel.peer,
             ", ".join(tunnel_services(tunnel)) or "no services",
             credential,
@@ -255,6 +336,11 @@ class Gateway:
             self._on_open(tunnel)
 
     def _closed(self, tunnel: ReverseTunnel) -> None:
+        claim = tunnel.record.labels.get("claim") if tunnel.record is not None else None
+        if isinstance(claim, Claim):
+            if isinstance(claim.tunnel, ExposedTunnel):
+                claim.tunnel.kinds.close()
+            self.directory.release(claim)
         log.info(
             "tunnel closed: %s from %s (%s)",
             tunnel_name(tunnel),
@@ -272,39 +358,28 @@ class Gateway:
             return None
         pin = md.first_value(pairs, PIN_HEADER)
         pin_name = pin if isinstance(pin, str) and pin else None
-        candidates = [t for t in self.tunnels() if service in tunnel_services(t)]
-        if pin_name is not None:
-            candidates = [t for t in candidates if tunnel_name(t) == pin_name]
-        if not candidates:
+        exposed = self.directory.route(service, pin_name)
+        if exposed is None:
             return RouteError(
                 grpc.StatusCode.UNAVAILABLE, self._no_route_details(service, pin_name)
             )
-        return Route(self._channel_for(service, pin_name))
+        return exposed.route
+
+    def channel_for_service(self, service: str) -> grpc.aio.Channel | None:
+        """A channel to one live tunnel serving ``service`` (in turn), or None."""
+        exposed = self.directory.route(service)
+        return exposed.tunnel.channel if exposed is not None else None
 
     def _no_route_details(self, service: str, pin: str | None) -> str:
         exposed = self.exposed()
+        listed = sorted(exposed.items())
         now = "; ".join(
-            f"{s} (via {', '.join(sorted(names))})" for s, names in sorted(exposed.items())
+            f"{s} (via {', '.join(sorted(names))})" for s, names in listed[:_LISTED_IN_ERRORS]
         )
+        if len(listed) > _LISTED_IN_ERRORS:
+            now += f"; and {len(listed) - _LISTED_IN_ERRORS} more"
         where = f" through tunnel {pin!r}" if pin else ""
         return f"no tunnel exposes service {service}{where}; exposed now: {now or 'nothing'}"
-
-    def _kinds_channel(self, service: str) -> grpc.aio.Channel | None:
-        if not any(service in tunnel_services(t) for t in self.tunnels()):
-            return None
-        return self._channel_for(service, None)
-
-    def _channel_for(self, service: str, pin: str | None) -> grpc.aio.Channel:
-        key = (service, pin)
-        channel = self._channels.get(key)
-        if channel is None:
-
-            def accepts(t: ReverseTunnel) -> bool:
-                return service in tunnel_services(t) and (pin is None or tunnel_name(t) == pin)
-
-            channel = self.handler.channel_for(accepts, f" for service {service}")
-            self._channels[key] = channel
-        return channel
 
     # -- shutting down ------------------------------------------------------------------
 
@@ -315,6 +390,10 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         await self.proxy.wait_idle(grace)
         await self.handler.close()
+
+
+_MAX_FENCES = 65536  # (credential, name) pairs whose newest instance is remembered
+_LISTED_IN_ERRORS = 10  # services named in a "no tunnel exposes" error
 
 
 def _both(

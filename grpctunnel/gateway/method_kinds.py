@@ -6,6 +6,12 @@ which costs several operations per call in grpc.aio. :class:`MethodKinds` asks, 
 time a service is seen, the reflection service behind it for the service's descriptor,
 and from then on answers the kind of each of its methods. Until it knows (or if it cannot
 learn), it answers None and the relay keeps to the stream that fits every kind.
+
+Kinds belong to one source of calls: the gateway keeps one :class:`MethodKinds` per
+reverse tunnel (two exposers of one service may run different schemas; a reconnected
+exposer is learnt afresh) and closes it with the tunnel; the exposer keeps one for its
+backend. A relay that finds a kind wrong calls :meth:`MethodKinds.forget`, and the
+method is relayed by the general stream until it is learnt again.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class MethodKinds:
         self._known_services: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
+        self._closed = False
 
     def get(self, method: str) -> Kind | None:
         """The method's kind if known; otherwise starts learning it and says None."""
@@ -72,14 +79,27 @@ class MethodKinds:
         return service in self._known_services
 
     def forget(self, service: str) -> None:
-        """Drops what is known of a service (its backend may have changed)."""
+        """Drops what is known of a service (its backend changed its schema), and waits
+        ``retry_after`` before learning it again."""
         self._known_services.discard(service)
         prefix = f"/{service}/"
         for method in [m for m in self._kinds if m.startswith(prefix)]:
             del self._kinds[method]
+        try:
+            self._failed_at[service] = asyncio.get_running_loop().time()
+        except RuntimeError:
+            pass
+
+    def close(self) -> None:
+        """Stops learning (its source is gone): tasks under way are cancelled and
+        nothing more is learnt."""
+        self._closed = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
 
     def _learn_soon(self, service: str) -> None:
-        if service in self._known_services or service in self._tasks:
+        if self._closed or service in self._known_services or service in self._tasks:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -93,13 +113,20 @@ class MethodKinds:
             return
         task = loop.create_task(self._learn(service, channel))
         self._tasks[service] = task
-        task.add_done_callback(lambda _: self._tasks.pop(service, None))
+        task.add_done_callback(lambda done: self._learnt(service, done))
+
+    def _learnt(self, service: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(service) is task:
+            del self._tasks[service]
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so
+            self._failed_at[service] = asyncio.get_running_loop().time()
+            log.error("learning the methods of %s failed", service, exc_info=task.exception())
 
     async def _learn(self, service: str, channel: grpc.aio.Channel) -> None:
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
         try:
             response = await reflect(channel, request)
-        except Exception:  # the channel went away: try again later
+        except grpc.aio.AioRpcError:  # no reflection there, or the channel went away
             response = None
         kinds = {}
         if response is not None and response.HasField("file_descriptor_response"):

@@ -38,10 +38,12 @@ class RouteError:
 @dataclass(frozen=True)
 class Route:
     """Where to send one call. With ``name``, a failure to reach the upstream at all
-    is reported as "<name> unavailable: ..." so the caller learns which hop failed."""
+    is reported as "<name> unavailable: ..." so the caller learns which hop failed.
+    ``kinds``, the method kinds learnt of this upstream, overrides the handler's."""
 
     channel: grpc.aio.Channel
     name: str | None = None
+    kinds: MethodKinds | None = None
 
 
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
@@ -114,12 +116,26 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             return None
         if isinstance(decision, RouteError):
             return grpc.stream_stream_rpc_method_handler(_failing(decision))
-        kind = self._kinds.get(method) if self._kinds is not None else None
+        kinds = decision.kinds or self._kinds
+        kind = kinds.get(method) if kinds is not None else None
         if kind == (False, False):
             return grpc.unary_unary_rpc_method_handler(self._unary_for(method, decision))
         if kind == (False, True):
             return grpc.unary_stream_rpc_method_handler(self._unary_stream_for(method, decision))
         return grpc.stream_stream_rpc_method_handler(self._relay_for(method, decision))
+
+    def _kind_was_wrong(self, route: Route, method: str, code: grpc.StatusCode) -> None:
+        """A call relayed by its learnt kind failed as a call of the wrong kind does
+        (INTERNAL: a second response to a unary call; UNIMPLEMENTED: no such method
+        any more): forget what was learnt of the service, so that the next calls go by
+        the general stream relay until it is learnt again."""
+        if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED):
+            return
+        kinds = route.kinds or self._kinds
+        if kinds is not None:
+            service = method[1:].split("/", 1)[0]
+            log.info("relaying %s as its learnt kind failed (%s): relearning", method, code.name)
+            kinds.forget(service)
 
     # -- accounting -------------------------------------------------------------------
 
@@ -137,7 +153,12 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     @staticmethod
     def _final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
-        if isinstance(error, asyncio.CancelledError):
+        """How a relayed call ended, as its caller saw it: a caller that went away, or
+        whose deadline passed, is CANCELLED or DEADLINE_EXCEEDED, never OK or UNKNOWN."""
+        if isinstance(error, asyncio.CancelledError) or _caller_gone(context):
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return grpc.StatusCode.DEADLINE_EXCEEDED
             return grpc.StatusCode.CANCELLED
         code = context.code()
         if error is None:
@@ -175,6 +196,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 try:
                     response = await call
                 except grpc.aio.AioRpcError as e:
+                    self._kind_was_wrong(route, method, e.code())
                     await _relay_failure(
                         route,
                         context,
@@ -215,6 +237,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                             break
                         yield bytes(message)
                 except grpc.aio.AioRpcError as e:
+                    self._kind_was_wrong(route, method, e.code())
                     await _relay_failure(
                         route,
                         context,
@@ -231,6 +254,13 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 self._end(method, self._final_code(context, error), started)
 
         return relay
+
+
+def _caller_gone(context: Any) -> bool:
+    """Whether the call was cancelled from the caller's side (a grpc.aio context says;
+    a tunnel's servicer context may not)."""
+    cancelled = getattr(context, "cancelled", None)
+    return bool(cancelled()) if callable(cancelled) else False
 
 
 async def _relay_headers(context: Any, headers: Any) -> None:
@@ -283,6 +313,7 @@ async def relay_call(
     )
     first = FirstStatus(upstream)
     pump = asyncio.ensure_future(_pump(requests, upstream))
+    pump.add_done_callback(_pump_ended)
     try:
         await _relay_headers(context, await upstream.initial_metadata())
         while True:
@@ -306,6 +337,13 @@ async def relay_call(
         _relay_trailers(context, received)
         return
     await _relay_failure(route, context, code, details, await upstream.initial_metadata(), received)
+
+
+def _pump_ended(pump: asyncio.Future[None]) -> None:
+    """Observes the end of a request pump: cancelled or done is normal; anything else
+    (the caller's request stream broke) is logged rather than left unretrieved."""
+    if not pump.cancelled() and pump.exception() is not None:
+        log.debug("request stream of a relayed call ended: %r", pump.exception())
 
 
 async def _pump(requests: AsyncIterator[bytes], upstream: Any) -> None:

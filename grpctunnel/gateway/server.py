@@ -22,6 +22,7 @@ import grpc
 
 from grpctunnel import keepalive
 from grpctunnel.gateway.auth import TokenAuthority
+from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.proxy import CallObserver
 from grpctunnel.options import TunnelServiceHandlerOptions
@@ -45,6 +46,8 @@ class GatewaySettings:
     the port TLS; ``authority`` requires tokens of every tunnel and call.
     ``max_message_length`` bounds each relayed message (both directions, every hop of
     the server), ``max_streams_per_tunnel`` the calls one tunnel may have in progress.
+    ``service_grace`` is how long a credential keeps a service after its last tunnel
+    exposing it closed (see :mod:`grpctunnel.gateway.directory`).
     """
 
     host: str = "127.0.0.1"
@@ -56,6 +59,7 @@ class GatewaySettings:
     keepalive_interval: float = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
     observer: CallObserver | None = None
+    service_grace: float = DEFAULT_SERVICE_GRACE
     extra_server_options: list[tuple[str, int | str]] = field(default_factory=list)
 
     @property
@@ -81,6 +85,7 @@ class GatewayServer:
             ),
             authority=settings.authority,
             observer=settings.observer,
+            service_grace=settings.service_grace,
         )
         self.server = grpc.aio.server(
             interceptors=self.gateway.interceptors(),

@@ -132,12 +132,12 @@ async def test_rights_to_expose_and_to_call(launcher: Launcher, token_file: Any)
     )
     ok = await run_cli(*call, "caller-t")
     assert (ok.returncode, ok.stdout) == (0, '{"msg":"x"}\n'), ok
-    # rights per service: reflection is allowed (to resolve the name), the call is not
-    assert_failure(
-        await run_cli(*call, "narrow-t"),
-        PERMISSION_DENIED,
-        f"ERROR: PERMISSION_DENIED: credential 'narrow' may not call {ECHO}",
-    )
+    # rights per service: reflection shows a credential only what it may call, so the
+    # name does not even resolve; called by its full name without reflection, the call
+    # itself is refused (tests/security/test_gateway_rights.py)
+    assert_failure(await run_cli(*call, "narrow-t"), 1, "unknown service 'Echo'")
+    listed = await run_cli("list", "-s", address, "--token", "narrow-t")
+    assert listed.returncode == 0 and ECHO not in listed.stdout, listed
     no_traceback(server[0])
 
 
@@ -158,8 +158,9 @@ async def test_a_tunnel_name_belongs_to_its_credential(launcher: Launcher, token
         taken, 1, "PERMISSION_DENIED: tunnel name 'shared' belongs to another credential"
     )
     assert proc.count(r"tunnel closed: shared", after=mark) == 0
-    # the other credential is welcome under a name of its own
-    await launcher.exposer(backend, server, "theirs", "--token", "t2")
+    # the other credential is welcome under a name of its own, with a service of its own
+    # (the service behind "shared" belongs to "one")
+    await launcher.exposer(backend, server, "theirs", "--token", "t2", "--service", "two.v1.Own")
     pinned = await run_cli(
         "call",
         "-s",
