@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -143,6 +144,35 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self.in_flight += 1
         return asyncio.get_running_loop().time()
 
+    @contextmanager
+    def _accounted(self, method: str, context: Any) -> Iterator[None]:
+        """Counts one relayed call in flight while the block runs, then tells the
+        observer how it ended."""
+        started = self._begin()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self._end(method, self._final_code(context, error), started)
+
+    async def _upstream_failed(
+        self, route: Route, method: str, context: Any, error: grpc.aio.AioRpcError
+    ) -> NoReturn:
+        """Ends the relayed call with the upstream's failure (and forgets the method's
+        kind if the failure says it was wrong)."""
+        self._kind_was_wrong(route, method, error.code())
+        await _relay_failure(
+            route,
+            context,
+            error.code(),
+            error.details() or "",
+            error.initial_metadata(),
+            error.trailing_metadata(),
+        )
+
     def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self.in_flight -= 1
         if not self.in_flight and self._idle is not None:
@@ -169,24 +199,15 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     def _relay_for(self, method: str, route: Route) -> Callable[[Any, Any], AsyncIterator[bytes]]:
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            started = self._begin()
-            error: BaseException | None = None
-            try:
+            with self._accounted(method, context):
                 async for message in relay_call(route, method, requests, context, self._drop):
                     yield message
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                self._end(method, self._final_code(context, error), started)
 
         return relay
 
     def _unary_for(self, method: str, route: Route) -> Callable[[bytes, Any], Awaitable[bytes]]:
         async def relay(request: bytes, context: Any) -> bytes:
-            started = self._begin()
-            error: BaseException | None = None
-            try:
+            with self._accounted(method, context):
                 channel: Any = route.channel
                 call = channel.unary_unary(method)(
                     request,
@@ -196,23 +217,10 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 try:
                     response = await call
                 except grpc.aio.AioRpcError as e:
-                    self._kind_was_wrong(route, method, e.code())
-                    await _relay_failure(
-                        route,
-                        context,
-                        e.code(),
-                        e.details() or "",
-                        e.initial_metadata(),
-                        e.trailing_metadata(),
-                    )
+                    await self._upstream_failed(route, method, context, e)
                 await _relay_headers(context, await call.initial_metadata())
                 _relay_trailers(context, await call.trailing_metadata())
                 return bytes(response)
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                self._end(method, self._final_code(context, error), started)
 
         return relay
 
@@ -220,9 +228,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self, method: str, route: Route
     ) -> Callable[[bytes, Any], AsyncIterator[bytes]]:
         async def relay(request: bytes, context: Any) -> AsyncIterator[bytes]:
-            started = self._begin()
-            error: BaseException | None = None
-            try:
+            with self._accounted(method, context):
                 channel: Any = route.channel
                 call = channel.unary_stream(method)(
                     request,
@@ -237,21 +243,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                             break
                         yield bytes(message)
                 except grpc.aio.AioRpcError as e:
-                    self._kind_was_wrong(route, method, e.code())
-                    await _relay_failure(
-                        route,
-                        context,
-                        e.code(),
-                        e.details() or "",
-                        e.initial_metadata(),
-                        e.trailing_metadata(),
-                    )
+                    await self._upstream_failed(route, method, context, e)
                 _relay_trailers(context, await call.trailing_metadata())
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                self._end(method, self._final_code(context, error), started)
 
         return relay
 
