@@ -45,6 +45,7 @@ of the same instance replaces only its own tunnel of that slot, so the tunnels o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -167,6 +168,7 @@ class Gateway:
         )
         self._reflection = MergedReflection(self)
         self.health = HealthServicer()
+        self._changed = asyncio.Event()  # set, and replaced, whenever a tunnel opens or closes
         self._register(self.handler)
 
     # -- wiring -------------------------------------------------------------------------
@@ -307,6 +309,16 @@ class Gateway:
     def tunnels(self) -> list[ReverseTunnel]:
         return self.handler.all_reverse_tunnels()
 
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Waits until ``condition()`` holds, checking it again each time a reverse
+        tunnel opens or closes (bound it with a timeout of your own)."""
+        while not condition():
+            await self._changed.wait()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def exposed(self) -> dict[str, list[str]]:
         """Service name -> names of the live tunnels exposing it."""
         return self.directory.exposed()
@@ -332,6 +344,7 @@ class Gateway:
             ", ".join(tunnel_services(tunnel)) or "no services",
             credential,
         )
+        self._notify_changed()
         if self._on_open is not None:
             self._on_open(tunnel)
 
@@ -347,6 +360,7 @@ class Gateway:
             tunnel.peer,
             tunnel.session.close_reason,
         )
+        self._notify_changed()
         if self._on_close is not None:
             self._on_close(tunnel)
 
