@@ -11,7 +11,9 @@ Kinds belong to one source of calls: the gateway keeps one :class:`MethodKinds` 
 reverse tunnel (two exposers of one service may run different schemas; a reconnected
 exposer is learnt afresh) and closes it with the tunnel; the exposer keeps one for its
 backend. A relay that finds a kind wrong calls :meth:`MethodKinds.forget`, and the
-method is relayed by the general stream until it is learnt again.
+method is relayed by the general stream until it is learnt again. A source that has no
+reflection (UNIMPLEMENTED) is not asked again; other failures are retried, less and less
+often, so that a fleet of thousands of tunnels does not cost a stream of questions.
 """
 
 from __future__ import annotations
@@ -59,7 +61,11 @@ class MethodKinds:
         self._known_services: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}  # failed tries in a row, per service
         self._closed = False
+        # the source answered UNIMPLEMENTED: it has no reflection, and asking again (for
+        # this service or another) would only cost a call each time
+        self.no_reflection = False
 
     def get(self, method: str) -> Kind | None:
         """The method's kind if known; otherwise starts learning it and says None."""
@@ -72,6 +78,7 @@ class MethodKinds:
         """Learns ``service``'s methods now (or waits for learning under way); whether
         they are known afterwards."""
         self._failed_at.pop(service, None)
+        self.no_reflection = False
         self._learn_soon(service)
         task = self._tasks.get(service)
         if task is not None:
@@ -99,15 +106,23 @@ class MethodKinds:
         self._tasks.clear()
 
     def _learn_soon(self, service: str) -> None:
-        if self._closed or service in self._known_services or service in self._tasks:
+        if (
+            self._closed
+            or self.no_reflection
+            or service in self._known_services
+            or service in self._tasks
+        ):
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         failed = self._failed_at.get(service)
-        if failed is not None and loop.time() - failed < self._retry_after:
-            return
+        if failed is not None:
+            # tries after failures back off: retry_after, then twice that, ... up to 16x
+            wait = self._retry_after * 2 ** min(self._failures.get(service, 1) - 1, 4)
+            if loop.time() - failed < wait:
+                return
         channel = self._channel_for(service)
         if channel is None:
             return
@@ -126,7 +141,9 @@ class MethodKinds:
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
         try:
             response = await reflect(channel, request)
-        except grpc.aio.AioRpcError:  # no reflection there, or the channel went away
+        except grpc.aio.AioRpcError as e:  # no reflection there, or the channel went away
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.no_reflection = True
             response = None
         kinds = {}
         if response is not None and response.HasField("file_descriptor_response"):
@@ -135,8 +152,10 @@ class MethodKinds:
             )
         if not kinds:
             self._failed_at[service] = asyncio.get_running_loop().time()
+            self._failures[service] = self._failures.get(service, 0) + 1
             log.debug("could not learn the methods of %s by reflection", service)
             return
+        self._failures.pop(service, None)
         self._kinds.update(kinds)
         self._known_services.add(service)
 

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from grpctunnel.gateway import GatewayServer
 from grpctunnel.gateway.exposer import ExposeConfig, Exposer
+from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.reflection import AnswerCache
 from grpctunnel.gateway.reflection_client import V1
 from grpctunnel_demo.service import start_demo_backend
@@ -224,3 +225,30 @@ def test_the_answer_cache_is_bounded_and_expires() -> None:
     assert cache.get(("file_by_filename", "f4")) == [b"x"]
     now[0] = 10.0
     assert cache.get(("file_by_filename", "f4")) is None  # expired
+
+
+async def test_a_source_without_reflection_is_asked_once() -> None:
+    """A tunnel whose backend has no reflection answers UNIMPLEMENTED once; its calls
+    then go by the general relay without asking again (one question per tunnel, not one
+    every 30 s for each of thousands of tunnels)."""
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    asked: list[str] = []
+
+    def channel_for(service: str) -> grpc.aio.Channel:
+        asked.append(service)
+        return channel
+
+    kinds = MethodKinds(channel_for, retry_after=0)
+    try:
+        assert not await kinds.learn(ECHO)
+        assert kinds.no_reflection
+        for _ in range(3):
+            assert kinds.get(METHOD) is None and kinds.get("/other.Service/M") is None
+        assert asked == [ECHO]
+    finally:
+        kinds.close()
+        await channel.close()
+        await server.stop(None)
