@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (include root relative to the repo, proto file relative to that root, output dir relative to the repo)
 TARGETS: list[tuple[str, str, str]] = [
     ("proto", "grpctunnel/v1/tunnel.proto", "."),
+    ("proto", "grpctunnel/admin/v1/admin.proto", "."),
     ("proto", "grpctunnel_demo/v1/echo.proto", "."),
     ("examples/forward_tunnel", "echo.proto", "examples/forward_tunnel"),
     ("examples/reverse_tunnel", "echo.proto", "examples/reverse_tunnel"),

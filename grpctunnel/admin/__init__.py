@@ -1,0 +1,1 @@
+"""The gateway admin service (grpctunnel.admin.v1): generated code only."""
