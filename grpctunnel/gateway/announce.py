@@ -28,8 +28,9 @@ TAKEN_OVER = "taken over by a newer instance"
 
 HEALTH = "grpc.health.v1.Health"
 TUNNEL_SERVICE = "grpctunnel.v1.TunnelService"
+ADMIN = "grpctunnel.admin.v1.Admin"  # the gateway's admin service (grpctunnel.gateway.admin)
 # services a backend may have that the gateway answers for itself
-GATEWAY_ANSWERS = frozenset({REFLECTION_V1, REFLECTION_V1ALPHA, HEALTH})
+GATEWAY_ANSWERS = frozenset({REFLECTION_V1, REFLECTION_V1ALPHA, HEALTH, ADMIN})
 
 
 def tunnel_name(tunnel: ReverseTunnel) -> str:
@@ -88,6 +89,7 @@ def announce_metadata(
 
 
 __all__ = [
+    "ADMIN",
     "EPOCH_HEADER",
     "GATEWAY_ANSWERS",
     "HEALTH",

@@ -3,7 +3,8 @@
 A :class:`TokenAuthority` holds the accepted tokens, each with a :class:`Grant`: the right
 to expose (open reverse tunnels, optionally only under given names or for given
 services), the right to call (open forward tunnels and make calls, optionally only to
-given services), and a limit on tunnels. Tokens arrive as ``authorization: Bearer
+given services), the right to administer (the admin service: list, watch and close
+tunnels), and a limit on tunnels. Tokens arrive as ``authorization: Bearer
 <token>`` metadata and are compared by their SHA-256 digests in constant time.
 
 :class:`AuthInterceptor` enforces the grants on a ``grpc.aio.Server``; the gateway
@@ -27,7 +28,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
-from grpctunnel.gateway.announce import HEALTH, TUNNEL_SERVICE
+from grpctunnel.gateway.announce import ADMIN, HEALTH, TUNNEL_SERVICE
 from grpctunnel.gateway.reflection_client import REFLECTION_SERVICES
 from grpctunnel.options import TunnelServiceHandlerOptions
 
@@ -58,7 +59,8 @@ class Grant:
     are kept under it. ``group``, when set, names the credentials that share the
     services they expose (see :mod:`grpctunnel.gateway.directory`). A token that may
     call may also use server reflection (callers need it to find methods), whatever its
-    ``call_services``.
+    ``call_services``. ``may_admin`` is the right to use the admin service
+    (:mod:`grpctunnel.gateway.admin`), needed for it whatever else the token may do.
     """
 
     name: str = "token"
@@ -69,6 +71,7 @@ class Grant:
     may_call: bool = True
     call_services: frozenset[str] | None = None
     max_tunnels: int | None = None
+    may_admin: bool = False
 
     def may_call_service(self, service: str) -> bool:
         return self.may_call and (self.call_services is None or service in self.call_services)
@@ -96,7 +99,7 @@ class TokenAuthority:
     def single(cls, token: str) -> TokenAuthority:
         """One token with every right."""
         authority = cls()
-        authority.add(token, Grant(name="token"))
+        authority.add(token, Grant(name="token", may_admin=True))
         return authority
 
     @classmethod
@@ -107,13 +110,16 @@ class TokenAuthority:
               {"name": "agent-1", "token": "...", "expose": true, "call": false,
                "expose_names": ["agent-1"], "expose_services": ["pkg.Svc"]},
               {"name": "ops", "token": "...", "expose": false, "call": ["pkg.Svc"],
-               "max_tunnels": 4}
+               "max_tunnels": 4},
+              {"name": "oncall", "token": "...", "expose": false, "call": false,
+               "admin": true}
             ]}
 
         ``call`` is true (any service), false, or a list of services; ``expose``
         true or false, narrowed by ``expose_names`` / ``expose_services`` when given;
         ``max_tunnels`` bounds the tunnels (forward and reverse) open at once under
-        the credential. Entries that share a ``name`` are one credential (two tokens
+        the credential; ``admin`` (default false) the right to use the admin
+        service. Entries that share a ``name`` are one credential (two tokens
         during a rotation, say): they share tunnel names and the tunnel limit. A
         service belongs to the credential that exposed it first; credentials with the
         same ``group`` share the services they expose.
@@ -182,6 +188,7 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
         "expose_services",
         "max_tunnels",
         "group",
+        "admin",
     }
     if unknown:
         raise AuthConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -193,6 +200,9 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
     expose = entry.get("expose", True)
     if not isinstance(expose, bool):
         raise AuthConfigError(f"{where}: 'expose' must be true or false")
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise AuthConfigError(f"{where}: 'admin' must be true or false")
     max_tunnels = entry.get("max_tunnels")
     if max_tunnels is not None and (not isinstance(max_tunnels, int) or max_tunnels < 1):
         raise AuthConfigError(f"{where}: 'max_tunnels' must be a positive integer")
@@ -208,6 +218,7 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, Grant]:
         may_call=may_call,
         call_services=call_services,
         max_tunnels=max_tunnels,
+        may_admin=admin,
     )
     return token, grant
 
@@ -244,6 +255,14 @@ def decide(
                 "missing credentials: send 'authorization: Bearer <token>'",
             )
         return None, (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    if service == ADMIN:  # the admin right alone decides, whatever else the token may do
+        if not grant.may_admin:
+            return grant, (
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {grant.name!r} may not use the admin service "
+                '(its token-file entry needs "admin": true)',
+            )
+        return grant, None
     if method == OPEN_REVERSE_TUNNEL:
         if not grant.may_expose:
             return grant, (
@@ -363,8 +382,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg
     up, and checks tunnel names, services and limits as tunnels open).
     """
 
-    def __init__(self, authority: TokenAuthority) -> None:
+    def __init__(
+        self,
+        authority: TokenAuthority,
+        on_refusal: Callable[[str, Refusal], None] | None = None,
+    ) -> None:
         self._authority = authority
+        self._on_refusal = on_refusal  # told of each call it refuses: method, refusal
 
     async def intercept_service(
         self,
@@ -376,6 +400,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc,type-arg
         refusal = judge(self._authority, handler_call_details)
         if refusal is None:
             return await continuation(handler_call_details)
+        if self._on_refusal is not None:
+            self._on_refusal(handler_call_details.method, refusal)
         return refusing_handler(refusal)
 
 

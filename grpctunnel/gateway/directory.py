@@ -216,24 +216,45 @@ class TunnelDirectory(Generic[T]):
 
     # -- routing --------------------------------------------------------------------
 
-    def route(self, service: str, pin: str | None = None) -> T | None:
+    def route(
+        self,
+        service: str,
+        pin: str | None = None,
+        usable: Callable[[T], bool] | None = None,
+    ) -> T | None:
         """A live tunnel serving ``service`` (through the tunnel named ``pin``, if
-        given), in turn; None when there is none."""
+        given), in turn; None when there is none. With ``usable``, the next one in turn
+        for which ``usable(tunnel)`` holds (None when it holds for none)."""
         state = self._services.get(service)
         if state is None or not state.live:
             return None
-        if pin is None:
-            state.turn += 1
-            return state.live[state.turn % len(state.live)].tunnel
-        pinned = [
-            c
-            for c in self._names.get(pin, ())
-            if c.tunnel is not None and service in c.services and state.owner.shares(c.owner, service)
-        ]
-        if not pinned:
-            return None
+        candidates = state.live
+        if pin is not None:
+            candidates = [
+                c
+                for c in self._names.get(pin, ())
+                if c.tunnel is not None
+                and service in c.services
+                and state.owner.shares(c.owner, service)
+            ]
+            if not candidates:
+                return None
         state.turn += 1
-        return pinned[state.turn % len(pinned)].tunnel
+        count = len(candidates)
+        if usable is None:
+            return candidates[state.turn % count].tunnel
+        for step in range(count):
+            tunnel = candidates[(state.turn + step) % count].tunnel
+            if tunnel is not None and usable(tunnel):
+                return tunnel
+        return None
+
+    def live(self, service: str) -> list[T]:
+        """The live tunnels serving ``service`` now, in turn order."""
+        state = self._services.get(service)
+        if state is None:
+            return []
+        return [c.tunnel for c in state.live if c.tunnel is not None]
 
     def serves(self, service: str) -> bool:
         """Whether some live tunnel serves ``service`` now."""

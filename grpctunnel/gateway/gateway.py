@@ -48,16 +48,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from grpctunnel import metadata as md
+from grpctunnel.admin.v1 import admin_pb2_grpc
+from grpctunnel.gateway.admin import CLOSED_BY_ADMIN, AdminService, TunnelEntry
 from grpctunnel.gateway.announce import (
     GATEWAY_ANSWERS,
     HEALTH,
@@ -90,13 +92,17 @@ from grpctunnel.gateway.directory import (
     Refused,
     TunnelDirectory,
 )
+from grpctunnel.gateway.health import BackendHealth, GatewayHealth
 from grpctunnel.gateway.method_kinds import MethodKinds
-from grpctunnel.gateway.proxy import CallObserver, ProxyHandler, Route, RouteError
+from grpctunnel.gateway.proxy import CallObserver, ProxyHandler, RelayStats, Route, RouteError
 from grpctunnel.gateway.reflection import MergedReflection
 from grpctunnel.gateway.reflection_client import REFLECTION_V1, REFLECTION_V1ALPHA
 from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
 from grpctunnel.options import TunnelServiceHandlerOptions
 from grpctunnel.v1 import tunnel_pb2_grpc
+
+if TYPE_CHECKING:
+    from grpctunnel.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("grpctunnel")
 
@@ -104,12 +110,21 @@ log = logging.getLogger("grpctunnel")
 @dataclass(eq=False)
 class ExposedTunnel:
     """A reverse tunnel as the gateway routes to it: its name, the route that relays a
-    call into it, and the method kinds learnt of the backend behind it."""
+    call into it, and the method kinds learnt of the backend behind it; what the admin
+    service shows of it (``entry``), what its backend says of its health, and whether
+    it is being closed (``draining``: no new call goes to it)."""
 
     tunnel: ReverseTunnel
     name: str
     kinds: MethodKinds
     route: Route
+    entry: TunnelEntry | None = None
+    health: BackendHealth | None = None
+    draining: bool = False
+
+    def serves(self, service: str) -> bool:
+        """Whether a call for ``service`` may be routed here now."""
+        return not self.draining and (self.health is None or self.health.serving(service))
 
 
 class Gateway:
@@ -128,7 +143,10 @@ class Gateway:
     ``on_reverse_tunnel_open`` / ``on_reverse_tunnel_close``; the caller's ``options``
     object itself is left as it was. The affinity key of a tunnel is its name.
     ``service_grace`` is how long a credential keeps a service after its last tunnel
-    exposing it closed.
+    exposing it closed. ``metrics``, if given, is told as tunnels open, close or are
+    refused and as calls end (see :mod:`grpctunnel.gateway.metrics`). The admin
+    service (:attr:`admin`) lists the tunnels under the name :attr:`admin.node <
+    grpctunnel.gateway.admin.AdminService.node>` (the host's, unless set).
     """
 
     def __init__(
@@ -140,9 +158,11 @@ class Gateway:
         on_tunnel_open: Callable[[ReverseTunnel], Any] | None = None,
         on_tunnel_close: Callable[[ReverseTunnel], Any] | None = None,
         service_grace: float = DEFAULT_SERVICE_GRACE,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         given = options or TunnelServiceHandlerOptions()
         self.authority = authority
+        self.metrics = metrics
         self._on_open = _both(given.on_reverse_tunnel_open, on_tunnel_open)
         self._on_close = _both(given.on_reverse_tunnel_close, on_tunnel_close)
         options = dataclasses.replace(
@@ -150,7 +170,7 @@ class Gateway:
             on_reverse_tunnel_open=self._opened,
             on_reverse_tunnel_close=self._closed,
             affinity_key=tunnel_name,
-            admit_tunnel=first_refusal(given.admit_tunnel, self._admit),
+            admit_tunnel=self._admission(first_refusal(given.admit_tunnel, self._admit)),
             authorize_call=(
                 first_refusal(given.authorize_call, self._authorize_call)
                 if authority is not None
@@ -164,10 +184,16 @@ class Gateway:
         # the newest instance epoch seen per (credential, name): the fence
         self._epochs: OrderedDict[tuple[str | None, str], int] = OrderedDict()
         self.proxy = ProxyHandler(
-            self._route, observer=observer, drop_headers=frozenset({PIN_HEADER})
+            self._route,
+            observer=observer,
+            drop_headers=frozenset({PIN_HEADER}),
+            tap=self._call_ended,
         )
+        if metrics is not None:
+            metrics.bind(self.proxy.totals)
         self._reflection = MergedReflection(self)
-        self.health = HealthServicer()
+        self.health = GatewayHealth(self._serving, self.may_call)
+        self.admin = AdminService(self.close_tunnels, node=socket.gethostname())
         self._changed = asyncio.Event()  # set, and replaced, whenever a tunnel opens or closes
         self._register(self.handler)
 
@@ -184,10 +210,11 @@ class Gateway:
         other than the gateway's; without, none."""
         if self.authority is None:
             return []
-        return [AuthInterceptor(self.authority)]
+        return [AuthInterceptor(self.authority, on_refusal=self._refused_call)]
 
     def _register(self, target: Any, direct: bool = False) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, target)  # type: ignore[no-untyped-call]
         handlers: tuple[Any, ...] = (self._reflection.generic_handler(), self.proxy)
         if direct and self.authority is not None:
             # calls straight to the server carry their own token (judged once, by the
@@ -238,8 +265,7 @@ class Gateway:
                 holders = [
                     c.holder
                     for c in self.directory.holding(name)
-                    if isinstance(c.holder, TunnelRecord)
-                    and c.owner.credential == owner.credential
+                    if isinstance(c.holder, TunnelRecord) and c.owner.credential == owner.credential
                 ]
                 stale = self._fenced_off(owner, name, metadata, holders)
                 if stale is not None:
@@ -266,7 +292,9 @@ class Gateway:
         record.labels["owner"] = owner
         record.add_end_callback(lambda _: self.directory.release(claim))
         for old, code, reason in replaced:
-            log.info("closing a tunnel from %s: %s (new one from %s)", old.peer, reason, record.peer)
+            log.info(
+                "closing a tunnel from %s: %s (new one from %s)", old.peer, reason, record.peer
+            )
             old.close(reason, code)
         return None
 
@@ -290,7 +318,9 @@ class Gateway:
                 and theirs is not None
                 and theirs > epoch
             ):
-                return f"tunnel name {name!r} {TAKEN_OVER} of the same credential; this one is stale"
+                return (
+                    f"tunnel name {name!r} {TAKEN_OVER} of the same credential; this one is stale"
+                )
         key = (owner.credential, name)
         newest = self._epochs.get(key)
         if newest is not None and epoch < newest:
@@ -303,6 +333,56 @@ class Gateway:
 
     def own_services(self) -> list[str]:
         return [TUNNEL_SERVICE, HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA]
+
+    # -- observing admission (metrics, the admin service) -------------------------------
+
+    def _admission(
+        self, admit: Callable[[TunnelRecord], Refusal | None]
+    ) -> Callable[[TunnelRecord], Refusal | None]:
+        """``admit``, observed: refusals are counted, forward tunnels listed while open
+        (a reverse tunnel is, once it is up: see :meth:`_opened`)."""
+
+        def admission(record: TunnelRecord) -> Refusal | None:
+            refusal = admit(record)
+            if refusal is not None:
+                if self.metrics is not None:
+                    self.metrics.tunnel_refused(refusal[0])
+            elif record.kind == "forward":
+                self._forward_opened(record)
+            return refusal
+
+        return admission
+
+    def _refused_call(self, method: str, refusal: Refusal) -> None:
+        """The interceptor refused a call: a tunnel refused for its token, if it was one."""
+        if self.metrics is not None and method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL):
+            self.metrics.tunnel_refused(refusal[0])
+
+    def _forward_opened(self, record: TunnelRecord) -> None:
+        def active() -> int:
+            return record.session.active_calls if record.session is not None else 0
+
+        entry = TunnelEntry("forward", "", (), record.peer, active=active)
+        self.admin.opened(entry)
+        if self.metrics is not None:
+            self.metrics.tunnel_opened("forward")
+
+        def ended(record: TunnelRecord) -> None:
+            reason = record.session.close_reason if record.session is not None else ""
+            if not reason and record.pending_close is not None:
+                reason = record.pending_close[1]
+            self.admin.closed(entry, reason or "tunnel closed")
+            if self.metrics is not None:
+                self.metrics.tunnel_closed("forward", reason or "tunnel closed")
+
+        record.add_end_callback(ended)
+
+    def _services_changed(self, services: tuple[str, ...]) -> None:
+        """Tunnels exposing ``services`` opened or closed."""
+        self.health.changed()
+        if self.metrics is not None:
+            for service in services:
+                self.metrics.service_tunnels(service, len(self.directory.live(service)))
 
     # -- tunnels ------------------------------------------------------------------------
 
@@ -327,10 +407,18 @@ class Gateway:
         labels = tunnel.record.labels if tunnel.record is not None else {}
         claim = labels.get("claim")
         name = tunnel_name(tunnel)
+        services = tunnel_services(tunnel)
+        stats = RelayStats()
+        entry = TunnelEntry("reverse", name, services, tunnel.peer, stats=stats)
+        labels["entry"] = entry
         if isinstance(claim, Claim):
             kinds = MethodKinds(lambda service: tunnel.channel)
-            route = Route(tunnel.channel, None, kinds)
-            self.directory.publish(claim, ExposedTunnel(tunnel, name, kinds, route))
+            route = Route(tunnel.channel, None, kinds, stats=stats, tunnel=name)
+            exposed = ExposedTunnel(tunnel, name, kinds, route, entry)
+            if claim.services:
+                exposed.health = BackendHealth(tunnel.channel, claim.services, self.health.changed)
+                exposed.health.start()
+            self.directory.publish(claim, exposed)
         owner = labels.get("owner")
         credential = (
             f" ({owner.describe()})"
@@ -341,25 +429,47 @@ class Gateway:
             "tunnel opened: %s from %s exposing %s%s",
             name,
             tunnel.peer,
-            ", ".join(tunnel_services(tunnel)) or "no services",
+            ", ".join(services) or "no services",
             credential,
+            extra={
+                "event": "tunnel_opened",
+                "tunnel": name,
+                "peer": tunnel.peer,
+                "services": list(services),
+            },
         )
+        self.admin.opened(entry)
+        self.health.seen(services)
+        if self.metrics is not None:
+            self.metrics.tunnel_opened("reverse")
+        self._services_changed(services)
         self._notify_changed()
         if self._on_open is not None:
             self._on_open(tunnel)
 
     def _closed(self, tunnel: ReverseTunnel) -> None:
-        claim = tunnel.record.labels.get("claim") if tunnel.record is not None else None
+        labels = tunnel.record.labels if tunnel.record is not None else {}
+        claim = labels.get("claim")
         if isinstance(claim, Claim):
             if isinstance(claim.tunnel, ExposedTunnel):
                 claim.tunnel.kinds.close()
+                if claim.tunnel.health is not None:
+                    claim.tunnel.health.close()
             self.directory.release(claim)
+        name, reason = tunnel_name(tunnel), tunnel.session.close_reason
         log.info(
             "tunnel closed: %s from %s (%s)",
-            tunnel_name(tunnel),
+            name,
             tunnel.peer,
-            tunnel.session.close_reason,
+            reason,
+            extra={"event": "tunnel_closed", "tunnel": name, "peer": tunnel.peer, "reason": reason},
         )
+        entry = labels.get("entry")
+        if isinstance(entry, TunnelEntry):
+            self.admin.closed(entry, reason)
+        if self.metrics is not None:
+            self.metrics.tunnel_closed("reverse", reason)
+        self._services_changed(tunnel_services(tunnel))
         self._notify_changed()
         if self._on_close is not None:
             self._on_close(tunnel)
@@ -372,12 +482,44 @@ class Gateway:
             return None
         pin = md.first_value(pairs, PIN_HEADER)
         pin_name = pin if isinstance(pin, str) and pin else None
-        exposed = self.directory.route(service, pin_name)
+        # a tunnel whose backend serves the service, else any not being closed
+        exposed = self.directory.route(service, pin_name, lambda t: _serves(t, service))
+        if exposed is None:
+            exposed = self.directory.route(service, pin_name, _not_draining)
         if exposed is None:
             return RouteError(
                 grpc.StatusCode.UNAVAILABLE, self._no_route_details(service, pin_name)
             )
         return exposed.route
+
+    def _serving(self, service: str) -> bool:
+        """Whether a live tunnel serves ``service`` now (see :mod:`.health`)."""
+        return any(_serves(t, service) for t in self.directory.live(service))
+
+    def _call_ended(
+        self, method: str, route: Route | None, code: grpc.StatusCode, seconds: float
+    ) -> None:
+        """A call the gateway relayed (or failed for want of a tunnel) has ended."""
+        if self.metrics is not None:
+            kinds = route.kinds if route is not None else None
+            self.metrics.call_ended(method, code, seconds, routed=route is not None, kinds=kinds)
+        if log.isEnabledFor(logging.DEBUG):
+            tunnel = route.tunnel if route is not None else None
+            log.debug(
+                "call %s %s %.1f ms via %s",
+                method,
+                code.name,
+                seconds * 1000,
+                tunnel or "no tunnel",
+                extra={
+                    "event": "call",
+                    "tunnel": tunnel,
+                    "service": method[1:].split("/", 1)[0],
+                    "method": method,
+                    "code": code.name,
+                    "duration": round(seconds, 6),
+                },
+            )
 
     def channel_for_service(self, service: str) -> grpc.aio.Channel | None:
         """A channel to one live tunnel serving ``service`` (in turn), or None."""
@@ -395,6 +537,41 @@ class Gateway:
         where = f" through tunnel {pin!r}" if pin else ""
         return f"no tunnel exposes service {service}{where}; exposed now: {now or 'nothing'}"
 
+    # -- closing tunnels -----------------------------------------------------------------
+
+    async def close_tunnels(self, name: str, grace: float) -> int:
+        """Drains, then closes, the reverse tunnels named ``name``: no new call is routed
+        to them, the calls in flight get up to ``grace`` seconds to finish, then the
+        tunnels close (UNAVAILABLE, "closed by an administrator"). Returns how many
+        there were."""
+        targets = [
+            c.tunnel for c in self.directory.holding(name) if isinstance(c.tunnel, ExposedTunnel)
+        ]
+        if not targets:
+            return 0
+        for exposed in targets:
+            exposed.draining = True
+            if exposed.entry is not None:
+                exposed.entry.draining = True
+            if exposed.health is not None:
+                exposed.health.close()
+        self.health.changed()
+        log.info(
+            "closing tunnel %s (%d open) on request: calls in flight get up to %gs",
+            name,
+            len(targets),
+            grace,
+            extra={"event": "tunnel_closing", "tunnel": name},
+        )
+        await asyncio.gather(*(e.tunnel.session.wait_idle(grace) for e in targets))
+        for exposed in targets:
+            record = exposed.tunnel.record
+            if record is not None:
+                record.close(CLOSED_BY_ADMIN, grpc.StatusCode.UNAVAILABLE)
+            else:
+                exposed.tunnel.session.close(CLOSED_BY_ADMIN)
+        return len(targets)
+
     # -- shutting down ------------------------------------------------------------------
 
     async def shutdown(self, grace: float) -> None:
@@ -407,6 +584,18 @@ class Gateway:
 
 
 _MAX_FENCES = 65536  # (credential, name) pairs whose newest instance is remembered
+
+
+def _not_draining(exposed: ExposedTunnel) -> bool:
+    return not isinstance(exposed, ExposedTunnel) or not exposed.draining
+
+
+def _serves(exposed: ExposedTunnel, service: str) -> bool:
+    """Whether a call for ``service`` may go to ``exposed`` now (a tunnel of this node
+    that is not being closed and whose backend serves it; any other kind of tunnel)."""
+    return not isinstance(exposed, ExposedTunnel) or exposed.serves(service)
+
+
 _LISTED_IN_ERRORS = 10  # services named in a "no tunnel exposes" error
 
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -36,19 +36,42 @@ class RouteError:
     details: str
 
 
+@dataclass(slots=True)
+class RelayStats:
+    """Counts of relayed calls, plain integers updated as calls start, move messages and
+    end: those of one :class:`ProxyHandler` (its ``totals``), or those relayed to one
+    route (``Route.stats``: the gateway keeps one per tunnel). ``failed`` counts calls
+    that ended with a status other than OK, ``unreachable`` those of them that failed
+    with UNAVAILABLE before the upstream answered anything."""
+
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+
 @dataclass(frozen=True)
 class Route:
     """Where to send one call. With ``name``, a failure to reach the upstream at all
     is reported as "<name> unavailable: ..." so the caller learns which hop failed.
-    ``kinds``, the method kinds learnt of this upstream, overrides the handler's."""
+    ``kinds``, the method kinds learnt of this upstream, overrides the handler's.
+    ``stats``, if given, counts the calls relayed along this route; ``tunnel`` names
+    the tunnel it goes through, for logs and metrics."""
 
     channel: grpc.aio.Channel
     name: str | None = None
     kinds: MethodKinds | None = None
+    stats: RelayStats | None = field(default=None, compare=False)
+    tunnel: str | None = None
 
 
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
 CallObserver = Callable[[str, grpc.StatusCode, float], None]
+# told of every call the handler answered: the method, the route it was relayed along
+# (None: it was failed by a RouteError), its final code and its duration in seconds
+CallTap = Callable[[str, Route | None, grpc.StatusCode, float], None]
 
 # hop-by-hop headers of the tunnel itself, never relayed
 _NOT_RELAYED = frozenset({"authorization", md.NEGOTIATE_HEADER, md.EXTENSIONS_HEADER})
@@ -75,9 +98,11 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     ``route`` returning None leaves the call to other handlers; returning a
     :class:`RouteError` fails it with that status. ``observer``, if given, is told the
-    method, final code and duration of each relayed call. With ``kinds``, methods known
-    to take one request are relayed as unary calls (far cheaper in grpc.aio than the
-    bidirectional stream that fits every kind, which is used otherwise).
+    method, final code and duration of each relayed call; ``tap``, if given, the same
+    and the route, of every call the handler answered (failed routes too). With
+    ``kinds``, methods known to take one request are relayed as unary calls (far
+    cheaper in grpc.aio than the bidirectional stream that fits every kind, which is
+    used otherwise). ``totals`` counts every relayed call (see :class:`RelayStats`).
     """
 
     def __init__(
@@ -87,12 +112,15 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         observer: CallObserver | None = None,
         drop_headers: frozenset[str] = frozenset(),
         kinds: MethodKinds | None = None,
+        tap: CallTap | None = None,
     ) -> None:
         self._route = route
         self._kinds = kinds
         self._observer = observer
+        self._tap = tap
         self._drop = drop_headers
         self.in_flight = 0
+        self.totals = RelayStats()
         self._idle: asyncio.Event | None = None
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -116,7 +144,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         if decision is None:
             return None
         if isinstance(decision, RouteError):
-            return grpc.stream_stream_rpc_method_handler(_failing(decision))
+            return grpc.stream_stream_rpc_method_handler(self._failing(method, decision))
         kinds = decision.kinds or self._kinds
         kind = kinds.get(method) if kinds is not None else None
         if kind == (False, False):
@@ -140,15 +168,18 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     # -- accounting -------------------------------------------------------------------
 
-    def _begin(self) -> float:
+    def _begin(self, route: Route) -> float:
         self.in_flight += 1
+        self.totals.in_flight += 1
+        if route.stats is not None:
+            route.stats.in_flight += 1
         return asyncio.get_running_loop().time()
 
     @contextmanager
-    def _accounted(self, method: str, context: Any) -> Iterator[None]:
+    def _accounted(self, method: str, route: Route, context: Any) -> Iterator[None]:
         """Counts one relayed call in flight while the block runs, then tells the
         observer how it ended."""
-        started = self._begin()
+        started = self._begin(route)
         error: BaseException | None = None
         try:
             yield
@@ -156,7 +187,24 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             error = e
             raise
         finally:
-            self._end(method, self._final_code(context, error), started)
+            self._end(method, route, self._final_code(context, error), started)
+
+    def _sent(self, route: Route, size: int) -> None:
+        """A request message of ``size`` bytes was relayed along ``route``."""
+        self.totals.request_bytes += size
+        if route.stats is not None:
+            route.stats.request_bytes += size
+
+    def _received(self, route: Route, size: int) -> None:
+        """A response message of ``size`` bytes was relayed back from ``route``."""
+        self.totals.response_bytes += size
+        if route.stats is not None:
+            route.stats.response_bytes += size
+
+    async def _counted(self, route: Route, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for message in requests:
+            self._sent(route, len(message))
+            yield message
 
     async def _upstream_failed(
         self, route: Route, method: str, context: Any, error: grpc.aio.AioRpcError
@@ -173,13 +221,30 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             error.trailing_metadata(),
         )
 
-    def _end(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _end(self, method: str, route: Route, code: grpc.StatusCode, started: float) -> None:
         self.in_flight -= 1
+        for stats in (self.totals, route.stats):
+            if stats is not None:
+                stats.in_flight -= 1
+                stats.done += 1
+                if code != grpc.StatusCode.OK:
+                    stats.failed += 1
         if not self.in_flight and self._idle is not None:
             self._idle.set()
             self._idle = None
+        seconds = asyncio.get_running_loop().time() - started
         if self._observer is not None:
-            self._observer(method, code, asyncio.get_running_loop().time() - started)
+            self._observer(method, code, seconds)
+        if self._tap is not None:
+            self._tap(method, route, code, seconds)
+
+    def _failing(self, method: str, error: RouteError) -> Callable[[Any, Any], Any]:
+        async def fail(requests: Any, context: Any) -> None:
+            if self._tap is not None:
+                self._tap(method, None, error.code, 0.0)
+            await context.abort(error.code, error.details)
+
+        return fail
 
     @staticmethod
     def _final_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
@@ -199,15 +264,18 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     def _relay_for(self, method: str, route: Route) -> Callable[[Any, Any], AsyncIterator[bytes]]:
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            with self._accounted(method, context):
-                async for message in relay_call(route, method, requests, context, self._drop):
+            with self._accounted(method, route, context):
+                counted = self._counted(route, requests)
+                async for message in relay_call(route, method, counted, context, self._drop):
+                    self._received(route, len(message))
                     yield message
 
         return relay
 
     def _unary_for(self, method: str, route: Route) -> Callable[[bytes, Any], Awaitable[bytes]]:
         async def relay(request: bytes, context: Any) -> bytes:
-            with self._accounted(method, context):
+            with self._accounted(method, route, context):
+                self._sent(route, len(request))
                 channel: Any = route.channel
                 call = channel.unary_unary(method)(
                     request,
@@ -220,6 +288,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                     await self._upstream_failed(route, method, context, e)
                 await _relay_headers(context, await call.initial_metadata())
                 _relay_trailers(context, await call.trailing_metadata())
+                self._received(route, len(response))
                 return bytes(response)
 
         return relay
@@ -228,7 +297,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self, method: str, route: Route
     ) -> Callable[[bytes, Any], AsyncIterator[bytes]]:
         async def relay(request: bytes, context: Any) -> AsyncIterator[bytes]:
-            with self._accounted(method, context):
+            with self._accounted(method, route, context):
+                self._sent(route, len(request))
                 channel: Any = route.channel
                 call = channel.unary_stream(method)(
                     request,
@@ -241,6 +311,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                         message = await call.read()
                         if message is EOF:
                             break
+                        self._received(route, len(message))
                         yield bytes(message)
                 except grpc.aio.AioRpcError as e:
                     await self._upstream_failed(route, method, context, e)
@@ -277,17 +348,13 @@ def _kept_trailers(trailers: Any) -> md.MetadataPairs:
 async def _relay_failure(
     route: Route, context: Any, code: grpc.StatusCode, details: str, headers: Any, trailers: Any
 ) -> NoReturn:
-    if route.name and code == grpc.StatusCode.UNAVAILABLE and not headers:
-        details = f"{route.name} unavailable: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and not headers:
+        if route.stats is not None:
+            route.stats.unreachable += 1
+        if route.name:
+            details = f"{route.name} unavailable: {details}"
     await context.abort(code, details, _kept_trailers(trailers))
     raise AssertionError("abort returned")  # pragma: no cover
-
-
-def _failing(error: RouteError) -> Callable[[Any, Any], Any]:
-    async def fail(requests: Any, context: Any) -> None:
-        await context.abort(error.code, error.details)
-
-    return fail
 
 
 async def relay_call(
@@ -348,4 +415,13 @@ async def _pump(requests: AsyncIterator[bytes], upstream: Any) -> None:
         pass  # the upstream call ended; its status is relayed
 
 
-__all__ = ["ProxyHandler", "Route", "RouteError", "relay_call", "relayable"]
+__all__ = [
+    "CallObserver",
+    "CallTap",
+    "ProxyHandler",
+    "RelayStats",
+    "Route",
+    "RouteError",
+    "relay_call",
+    "relayable",
+]

@@ -94,7 +94,7 @@ def test_token_file_rights(tmp_path: Path) -> None:
 
 def test_plain_token_file(tmp_path: Path) -> None:
     authority = TokenAuthority.from_file(write(tmp_path, "  tok3n\n"))
-    assert authority.authenticate(bearer_metadata("tok3n")) == Grant(name="token")
+    assert authority.authenticate(bearer_metadata("tok3n")) == Grant(name="token", may_admin=True)
 
 
 @pytest.mark.parametrize(
