@@ -28,6 +28,7 @@ from grpctunnel_cli import (
     cmd_expose,
     cmd_list,
     cmd_serve,
+    cmd_tunnels,
 )
 from grpctunnel_cli.command import EXIT_CODES_HELP
 
@@ -91,6 +92,7 @@ _register("list", cmd_list.list_services, CALLING, EXIT_CODES_HELP)
 _register("describe", cmd_describe.describe, CALLING, EXIT_CODES_HELP)
 _register("serve", cmd_serve.serve, TUNNELS, None)
 _register("expose", cmd_expose.expose, TUNNELS, None)
+_register("tunnels", cmd_tunnels.tunnels, TUNNELS, EXIT_CODES_HELP)
 _register("demo", cmd_demo.demo, TRYING, None)
 _register("demo-backend", cmd_demo_backend.demo_backend, TRYING, None)
 

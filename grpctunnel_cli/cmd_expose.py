@@ -7,6 +7,7 @@ work, and runs the `Exposer` until signalled; on a terminal a live table shows i
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, ExposeStats
+from grpctunnel.gateway.metrics import ExposerMetrics, MetricsServer, serve_metrics
 from grpctunnel_cli.command import on_stop_signal, run
 from grpctunnel_cli.connect import open_channel, wait_until_ready
 from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError
@@ -23,6 +25,9 @@ from grpctunnel_cli.options import (
     CONNECTION,
     DEFAULT_CONNECT_TIMEOUT,
     ConnectTimeoutOption,
+    LogFormat,
+    LogFormatOption,
+    MetricsOptions,
     RelayOptions,
     SecurityOptions,
     option_groups,
@@ -34,6 +39,8 @@ from grpctunnel_cli.security import ClientSecurity
 __all__ = ["expose"]
 
 EXPOSING = "Exposing"
+
+log = logging.getLogger("grpctunnel")
 
 
 @option_groups
@@ -98,8 +105,11 @@ def expose(
     security_options: SecurityOptions,
     relay: RelayOptions,
     verbose: Annotated[
-        bool, verbose_option("Also log one line per relayed call (method, status, time).")
+        bool,
+        verbose_option("Also log one line per relayed call (method, status, time, tunnel)."),
     ] = False,
+    log_format: LogFormatOption = LogFormat.plain,
+    metrics: MetricsOptions,
 ) -> None:
     """Publish a local backend through reverse tunnels to a server.
 
@@ -108,7 +118,8 @@ def expose(
     on a terminal, a live table shows the tunnels and calls.
     """
     renderer = Renderer()
-    console = setup_logging(verbose)
+    console = setup_logging(verbose, log_format=log_format.value)
+    metrics.prepare()
 
     async def body() -> int:
         security = security_options.read()
@@ -136,10 +147,12 @@ def expose(
             if live is not None:
                 live.update(status())
 
-        exposer = Exposer(config, on_change=on_change)
+        exposer_metrics = ExposerMetrics() if metrics.port is not None else None
+        exposer = Exposer(config, on_change=on_change, metrics=exposer_metrics)
+        metrics_server = _serve_metrics(exposer_metrics, metrics)
         try:
             with on_stop_signal(exposer.stop):
-                if console.is_terminal:
+                if console.is_terminal and log_format is LogFormat.plain:
                     with Live(status(), console=console, refresh_per_second=4) as live:
                         await exposer.run()
                 else:
@@ -149,9 +162,26 @@ def expose(
             if "UNAUTHENTICATED" in message:
                 message += f"\n  hint: {security.token_hint()}"
             raise CliError(message) from None
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
         return 0
 
     run(body, renderer)
+
+
+def _serve_metrics(metrics: ExposerMetrics | None, options: MetricsOptions) -> MetricsServer | None:
+    """Serves the exposer's metrics, when asked for (--metrics-port)."""
+    if metrics is None or options.port is None:
+        return None
+    try:
+        server = serve_metrics(metrics.registry, options.host, options.port)
+    except OSError as error:
+        raise CliError(
+            f"cannot serve metrics on {options.host}:{options.port}: {error.strerror or error}"
+        ) from None
+    log.info("metrics at %s", server.url, extra={"event": "metrics_listening", "peer": server.url})
+    return server
 
 
 async def _check_tls(server: str, security: ClientSecurity, timeout: float) -> None:

@@ -21,12 +21,15 @@ from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.server import DEFAULT_MAX_STREAMS_PER_TUNNEL
 from grpctunnel_cli.command import run, until_signalled
 from grpctunnel_cli.errors import CliError, UsageError
-from grpctunnel_cli.logs import setup_logging
+from grpctunnel_cli.logs import set_log_fields, setup_logging
 from grpctunnel_cli.options import (
     LIMITS,
     LISTENING,
     SECURITY,
     HostOption,
+    LogFormat,
+    LogFormatOption,
+    MetricsOptions,
     PortOption,
     RelayOptions,
     option_groups,
@@ -136,19 +139,23 @@ def serve(
     verbose: Annotated[
         bool,
         verbose_option(
-            "Also log one line per relayed call (method, status, time), and reverse "
-            "tunnels opening and closing."
+            "Also log one line per relayed call (method, status, time, tunnel), and "
+            "reverse tunnels opening and closing."
         ),
     ] = False,
+    log_format: LogFormatOption = LogFormat.plain,
+    metrics: MetricsOptions,
 ) -> None:
     """Run a tunnel server, the gateway to exposed backends.
 
     Accepts forward and reverse tunnels, and routes each call for a service exposed
     through a reverse tunnel (`grpctunnel expose`) to it. Serves reflection (merged
-    across every exposed backend) and health. Logs go to stderr.
+    across every exposed backend), health per service, and the admin service
+    (`grpctunnel tunnels`); with --metrics-port, Prometheus metrics. Logs go to stderr.
     """
     renderer = Renderer()
-    setup_logging(verbose)
+    setup_logging(verbose, log_format=log_format.value)
+    metrics.prepare()
 
     async def body() -> int:
         authority = _authority(token, token_file)
@@ -164,7 +171,8 @@ def serve(
                 max_streams_per_tunnel=max_streams,
                 keepalive_interval=relay.keepalive_interval,
                 keepalive_timeout=relay.keepalive_timeout,
-                observer=_log_call,
+                metrics_port=metrics.port,
+                metrics_host=metrics.host,
                 service_grace=service_grace,
             )
         )
@@ -177,7 +185,20 @@ def serve(
             tls = "mutual TLS" if client_ca else "TLS"
             security = tls if credentials is not None else "plaintext"
             tokens = "tokens required" if authority is not None else "no token required"
-            log.info("tunnel server listening on %s (%s, %s)", server.address, security, tokens)
+            set_log_fields(node=server.gateway.admin.node)
+            log.info(
+                "tunnel server listening on %s (%s, %s)",
+                server.address,
+                security,
+                tokens,
+                extra={"event": "listening", "peer": server.address},
+            )
+            if server.metrics_server is not None:
+                log.info(
+                    "metrics at %s",
+                    server.metrics_server.url,
+                    extra={"event": "metrics_listening", "peer": server.metrics_server.url},
+                )
 
         async def stop() -> None:
             log.info("shutting down: letting calls in flight finish (up to %gs)", grace)
@@ -188,11 +209,6 @@ def serve(
         return 0
 
     run(body, renderer)
-
-
-def _log_call(method: str, code: grpc.StatusCode, seconds: float) -> None:
-    """With -v, one line per relayed call."""
-    log.debug("call %s %s %.1f ms", method, code.name, seconds * 1000)
 
 
 def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:

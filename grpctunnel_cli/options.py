@@ -1,11 +1,11 @@
 """The options more than one command takes, declared once: name, help, metavar and panel.
 
 Options that go together are fields of a dataclass a command takes as one parameter:
-`ConnectionOptions` and `SecurityOptions` (call, list, describe; expose takes the
-second), `RelayOptions` (serve, expose). Typer cannot read a dataclass parameter, so
+`ConnectionOptions` and `SecurityOptions` (call, list, describe, tunnels; expose takes
+the second), `RelayOptions` and `MetricsOptions` (serve, expose). Typer cannot read a dataclass parameter, so
 `option_groups` shows it the fields as options and hands the command the dataclass.
 Shared options that stand alone are ``Annotated`` aliases (``--connect-timeout``,
-``--host``, ``--port``); `verbose_option` is shared, but each command writes its help,
+``--host``, ``--port``, ``--log-format``); `verbose_option` is shared, but each command writes its help,
 since ``-v`` shows something different in each. An option of one command only is
 declared with its command.
 """
@@ -13,6 +13,7 @@ declared with its command.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
 import typing
@@ -39,6 +40,9 @@ __all__ = [
     "ConnectTimeoutOption",
     "ConnectionOptions",
     "HostOption",
+    "LogFormat",
+    "LogFormatOption",
+    "MetricsOptions",
     "PortOption",
     "RelayOptions",
     "SecurityOptions",
@@ -57,6 +61,7 @@ SECURITY = "Security"
 LIMITS = "Limits"
 KEEPALIVE = "Keepalive"
 OUTPUT = "Output"
+OBSERVING = "Observing"
 
 
 def switch(*names: str, help: str, panel: str) -> Any:
@@ -100,6 +105,24 @@ PortOption = Annotated[
         metavar="PORT",
         help="Port to listen on; 0 picks a free one.",
         rich_help_panel=LISTENING,
+    ),
+]
+
+
+class LogFormat(str, enum.Enum):
+    """How a long-running command writes its log lines (see logs.py)."""
+
+    plain = "plain"
+    json = "json"
+
+
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        metavar="plain|json",
+        help="Log lines as text (colored on a terminal), or one JSON object per line.",
+        rich_help_panel=OBSERVING,
     ),
 ]
 
@@ -212,6 +235,42 @@ class SecurityOptions:
             cert=self.cert,
             key=self.key,
         )
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Where a long-running command (serve, expose) serves its Prometheus metrics."""
+
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            metavar="PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; "
+            "default: none).",
+            rich_help_panel=OBSERVING,
+        ),
+    ] = None
+    host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            metavar="ADDRESS",
+            help="Address the metrics listen on.",
+            rich_help_panel=OBSERVING,
+        ),
+    ] = "127.0.0.1"
+
+    def prepare(self) -> None:
+        """With metrics asked for, leaves out the ``*_created`` series prometheus_client
+        adds to every counter by default (twice the series, for nothing a dashboard
+        uses); this process serves no other metrics."""
+        if self.port is not None:
+            from prometheus_client import disable_created_metrics
+
+            disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

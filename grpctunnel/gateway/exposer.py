@@ -34,7 +34,8 @@ from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
 from grpctunnel.gateway.announce import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
 from grpctunnel.gateway.method_kinds import MethodKinds
-from grpctunnel.gateway.proxy import ProxyHandler, Route
+from grpctunnel.gateway.metrics import ExposerMetrics
+from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
 from grpctunnel.options import TunnelClientOptions
 from grpctunnel.v1 import tunnel_pb2_grpc
@@ -49,6 +50,10 @@ FATAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+# the health service's methods: the server watches the backend's health through the tunnel
+_HEALTH_METHODS = "/grpc.health.v1.Health/"
 
 
 class ExposeError(Exception):
@@ -156,10 +161,16 @@ async def list_backend_services(channel: grpc.aio.Channel, timeout: float = 10.0
 
 class Exposer:
     """Keeps ``config.tunnels`` reverse tunnels to ``config.server`` open, relaying
-    their calls to ``config.backend``."""
+    their calls to ``config.backend``. ``metrics``, if given, is bound to its counters
+    and told as each call ends. The health calls the server makes to learn the
+    backend's health are relayed too, but not counted among the exposer's calls."""
 
     def __init__(
-        self, config: ExposeConfig, *, on_change: Callable[[ExposeStats], None] | None = None
+        self,
+        config: ExposeConfig,
+        *,
+        on_change: Callable[[ExposeStats], None] | None = None,
+        metrics: ExposerMetrics | None = None,
     ) -> None:
         self.config = config
         self.stats = ExposeStats()
@@ -168,8 +179,22 @@ class Exposer:
             config.backend, config.backend_credentials, config.backend_channel_options()
         )
         self.kinds = MethodKinds(lambda service: self._backend)
-        route = Route(self._backend, f"backend {config.backend}", self.kinds)
+        self.backend_stats = RelayStats()
+        route = Route(
+            self._backend,
+            f"backend {config.backend}",
+            self.kinds,
+            stats=self.backend_stats,
+            tunnel=config.name,
+        )
         self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
+        health = Route(self._backend, f"backend {config.backend}", self.kinds)
+        self._health_relay = ProxyHandler(
+            lambda method, md: health if method.startswith(_HEALTH_METHODS) else None
+        )
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.bind(self.stats, self.proxy.totals, self.backend_stats, config.tunnels)
         self._stopping = asyncio.Event()
         self._connected_once = False
         self.services: list[str] = list(config.services)
@@ -178,7 +203,24 @@ class Exposer:
         self.stats.calls_total += 1
         if code != grpc.StatusCode.OK:
             self.stats.calls_failed += 1
-        log.debug("%s %s %.1f ms", method, code.name, seconds * 1000)
+        if self.metrics is not None:
+            self.metrics.call_ended(code, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "call %s %s %.1f ms via %s",
+                method,
+                code.name,
+                seconds * 1000,
+                self.config.name,
+                extra={
+                    "event": "call",
+                    "tunnel": self.config.name,
+                    "service": method[1:].split("/", 1)[0],
+                    "method": method,
+                    "code": code.name,
+                    "duration": round(seconds, 6),
+                },
+            )
         self._changed()
 
     def _changed(self) -> None:
@@ -240,6 +282,8 @@ class Exposer:
                 try:
                     services = await self.discover_services()
                 except grpc.aio.AioRpcError as e:
+                    if self.metrics is not None:
+                        self.metrics.discovery_failed()
                     self._failed(
                         f"cannot reach backend {config.backend}: {e.code().name}: {e.details()}"
                     )
@@ -263,7 +307,7 @@ class Exposer:
                     )
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
                     rts = ReverseTunnelServer(stub, options)
-                    rts.add_generic_rpc_handlers((self.proxy,))
+                    rts.add_generic_rpc_handlers((self._health_relay, self.proxy))
                     tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)
                     self._up(index, services)
                     backoff.reset()
@@ -324,13 +368,23 @@ class Exposer:
             self.config.name,
             ", ".join(services),
             self.config.backend,
+            extra={
+                "event": "tunnel_connected",
+                "tunnel": self.config.name,
+                "peer": self.config.server,
+                "services": services,
+            },
         )
         self._changed()
 
     def _down(self, why: str) -> None:
         self.stats.tunnels_up = max(0, self.stats.tunnels_up - 1)
         self.stats.last_error = why
-        log.warning("%s", why)
+        log.warning(
+            "%s",
+            why,
+            extra={"event": "tunnel_lost", "tunnel": self.config.name, "reason": why},
+        )
         self._changed()
 
     def _failed(self, why: str) -> None:

@@ -16,6 +16,7 @@ from small fixed sets (:data:`CLOSED_REASONS`, :data:`REFUSED_REASONS`).
 
 Everything here is called on the event loop, except what the HTTP server's thread reads
 while it renders a scrape: prometheus_client's own metrics (locked) and plain integers.
+prometheus_client itself is imported only when metrics are made (it takes a while).
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from grpctunnel.gateway.announce import TAKEN_OVER
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
     from grpctunnel.gateway.method_kinds import MethodKinds
     from grpctunnel.gateway.proxy import RelayStats
@@ -121,7 +123,7 @@ class _Totals(Protocol):
     response_bytes: int
 
 
-class _BytesCollector(Collector):
+class _BytesCollector:
     """``<prefix>_relayed_bytes_total{direction}``, read from relay counters at scrape
     time (the relays add plain integers, far cheaper than a metric per message)."""
 
@@ -130,6 +132,8 @@ class _BytesCollector(Collector):
         self._sources = sources
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         family = CounterMetricFamily(
             self._name,
             "Message bytes relayed, by direction (request: to the backend, response: back).",
@@ -141,7 +145,7 @@ class _BytesCollector(Collector):
         yield family
 
 
-class _CountersCollector(Collector):
+class _CountersCollector:
     """Counters read from plain integers at scrape time: (name, help, label, value per
     label value)."""
 
@@ -149,6 +153,8 @@ class _CountersCollector(Collector):
         self.counters: list[tuple[str, str, str, Callable[[], dict[str, float]]]] = []
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         for name, text, label, read in self.counters:
             family = CounterMetricFamily(name, text, labels=[label] if label else None)
             for value, count in read().items():
@@ -197,6 +203,8 @@ class GatewayMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = registry = registry if registry is not None else CollectorRegistry()
         self._tunnels_open = Gauge(
             "grpctunnel_tunnels_open",
@@ -329,6 +337,8 @@ class ExposerMetrics:
     took, calls in flight, bytes relayed, and backend errors."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = registry = registry if registry is not None else CollectorRegistry()
         self._calls = Counter(
             "grpctunnel_expose_calls",
@@ -357,10 +367,13 @@ class ExposerMetrics:
         )
         self._sources: list[_Totals] = []
         registry.register(
-            _BytesCollector("grpctunnel_expose_relayed_bytes", lambda: tuple(self._sources))
+            cast(
+                "Collector",
+                _BytesCollector("grpctunnel_expose_relayed_bytes", lambda: tuple(self._sources)),
+            )
         )
         self._counters = _CountersCollector()
-        registry.register(self._counters)
+        registry.register(cast("Collector", self._counters))
         self._discovery_failures = 0
 
     def bind(
@@ -428,6 +441,8 @@ def serve_metrics(
 ) -> MetricsServer:
     """Serves ``registry`` at ``http://HOST:PORT/metrics`` (port 0: a free one). Raises
     OSError when the address cannot be listened on."""
+    from prometheus_client import start_http_server
+
     server, thread = start_http_server(port, addr=host.strip("[]"), registry=registry)
     return MetricsServer(server, thread, host.strip("[]"))
 

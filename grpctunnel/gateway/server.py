@@ -24,6 +24,7 @@ from grpctunnel import keepalive
 from grpctunnel.gateway.auth import TokenAuthority
 from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
+from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
 from grpctunnel.gateway.proxy import CallObserver
 from grpctunnel.options import TunnelServiceHandlerOptions
 
@@ -61,6 +62,10 @@ class GatewaySettings:
     observer: CallObserver | None = None
     service_grace: float = DEFAULT_SERVICE_GRACE
     extra_server_options: list[tuple[str, int | str]] = field(default_factory=list)
+    # Prometheus metrics at http://metrics_host:metrics_port/metrics (port 0: a free one;
+    # None: none), from a registry of this server's own (see grpctunnel.gateway.metrics)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
@@ -77,6 +82,8 @@ class GatewayServer:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings = settings or GatewaySettings()
         limit = settings.max_message_length
+        self.metrics = GatewayMetrics() if settings.metrics_port is not None else None
+        self.metrics_server: MetricsServer | None = None
         self.gateway = Gateway(
             TunnelServiceHandlerOptions(
                 max_receive_message_length=limit,
@@ -86,6 +93,7 @@ class GatewayServer:
             authority=settings.authority,
             observer=settings.observer,
             service_grace=settings.service_grace,
+            metrics=self.metrics,
         )
         self.server = grpc.aio.server(
             interceptors=self.gateway.interceptors(),
@@ -125,6 +133,17 @@ class GatewayServer:
                 "the address is not this host's"
             )
         self.port = bound
+        if self.metrics is not None and settings.metrics_port is not None:
+            try:
+                self.metrics_server = serve_metrics(
+                    self.metrics.registry, settings.metrics_host, settings.metrics_port
+                )
+            except OSError as error:
+                await self.server.stop(None)
+                raise BindError(
+                    f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                    f"{error.strerror or error}"
+                ) from None
         await self.server.start()
         return bound
 
@@ -137,6 +156,8 @@ class GatewayServer:
         self._stopped = True
         await self.gateway.shutdown(grace)
         await self.server.stop(1.0 if grace else None)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
