@@ -1,32 +1,29 @@
-"""Real `grpctunnel` processes for the security tests: start them, read their output line
-by line as it comes, wait for a line (never for a fixed time), signal them, and kill every
-one a test started when it ends."""
+"""Real `grpctunnel` processes for the security tests: a command run to its end
+(`run_cli`), and, from tests/support, the launcher of long-running ones (read line by line
+as they print, waited on for a line, never for a fixed time, signalled, and killed when the
+test ends)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
+from support.launcher import GRPCTUNNEL, LISTENING, Launcher, clean_env, no_traceback
 from support.processes import Proc
 
-GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
+__all__ = [
+    "GRPCTUNNEL",
+    "LISTENING",
+    "Launcher",
+    "Proc",
+    "Result",
+    "assert_failure",
+    "clean_env",
+    "no_traceback",
+    "run_cli",
+]
+
 CLI_TIMEOUT = 30.0
-LISTENING = r"tunnel server listening on (127\.0\.0\.1:\d+)"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: no server, token or colors inherited from ours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("GRPCTUNNEL_SERVER", "GRPCTUNNEL_TOKEN", "FORCE_COLOR")
-    }
-    env.update(extra)
-    return env
 
 
 @dataclass(frozen=True)
@@ -63,57 +60,3 @@ def assert_failure(result: Result, code: int, *fragments: str) -> None:
     assert result.stderr.startswith("ERROR: "), result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
-
-
-class Launcher:
-    """Starts `grpctunnel` processes and kills every one it started."""
-
-    def __init__(self) -> None:
-        self.procs: list[Proc] = []
-
-    async def start(self, *args: str, **env: str) -> Proc:
-        process = await asyncio.create_subprocess_exec(
-            str(GRPCTUNNEL),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=clean_env(**env),
-        )
-        proc = Proc(" ".join(("grpctunnel", *args)), process)
-        proc.start_reading()
-        self.procs.append(proc)
-        return proc
-
-    async def backend(self) -> str:
-        """`demo-backend`; its address once it listens."""
-        proc = await self.start("demo-backend", "--port", "0")
-        found = await proc.wait_for(r"demo backend listening on (127\.0\.0\.1:\d+)")
-        return found.group(1)
-
-    async def server(self, *extra: str, **env: str) -> tuple[Proc, str]:
-        """`serve` on a free loopback port; it and its address once it listens."""
-        proc = await self.start("serve", "--port", "0", *extra, **env)
-        found = await proc.wait_for(LISTENING)
-        return proc, found.group(1)
-
-    async def exposer(
-        self, backend: str, server: tuple[Proc, str], name: str, *extra: str, **env: str
-    ) -> Proc:
-        """`expose` as NAME; returned once the server routes through its tunnel."""
-        server_proc, address = server
-        mark = server_proc.mark()
-        proc = await self.start(
-            "expose", backend, "--to", address, "--name", name, "--max-backoff", "1", *extra, **env
-        )
-        await proc.wait_for(rf"tunnel \d+ connected to {re.escape(address)} as '{re.escape(name)}'")
-        await server_proc.wait_for(rf"tunnel opened: {re.escape(name)} from", after=mark)
-        return proc
-
-    async def close(self) -> None:
-        await asyncio.gather(*(proc.kill() for proc in self.procs), return_exceptions=True)
-
-
-def no_traceback(*procs: Proc) -> None:
-    for proc in procs:
-        assert "Traceback" not in proc.output, proc.output
