@@ -52,8 +52,13 @@ FATAL_CODES = frozenset(
 )
 
 
-# the health service's methods: the server watches the backend's health through the tunnel
-_HEALTH_METHODS = "/grpc.health.v1.Health/"
+# what only the server itself asks through a tunnel (callers' health and reflection calls
+# are answered by the server): the backend's health, which it watches, and its schema
+_HOUSEKEEPING = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+)
 
 
 class ExposeError(Exception):
@@ -162,8 +167,8 @@ async def list_backend_services(channel: grpc.aio.Channel, timeout: float = 10.0
 class Exposer:
     """Keeps ``config.tunnels`` reverse tunnels to ``config.server`` open, relaying
     their calls to ``config.backend``. ``metrics``, if given, is bound to its counters
-    and told as each call ends. The health calls the server makes to learn the
-    backend's health are relayed too, but not counted among the exposer's calls."""
+    and told as each call ends. The calls the server makes to learn the backend's
+    health and schema are relayed too, but not counted among the exposer's calls."""
 
     def __init__(
         self,
@@ -188,9 +193,9 @@ class Exposer:
             tunnel=config.name,
         )
         self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
-        health = Route(self._backend, f"backend {config.backend}", self.kinds)
-        self._health_relay = ProxyHandler(
-            lambda method, md: health if method.startswith(_HEALTH_METHODS) else None
+        housekeeping = Route(self._backend, f"backend {config.backend}", self.kinds)
+        self._housekeeping = ProxyHandler(
+            lambda method, md: housekeeping if method.startswith(_HOUSEKEEPING) else None
         )
         self.metrics = metrics
         if metrics is not None:
@@ -307,7 +312,7 @@ class Exposer:
                     )
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
                     rts = ReverseTunnelServer(stub, options)
-                    rts.add_generic_rpc_handlers((self._health_relay, self.proxy))
+                    rts.add_generic_rpc_handlers((self._housekeeping, self.proxy))
                     tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)
                     self._up(index, services)
                     backoff.reset()
