@@ -7,6 +7,7 @@ work, and runs the `Exposer` until signalled; on a terminal a live table shows i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Annotated
@@ -19,7 +20,7 @@ from grpctunnel.gateway.exposer import ExposeConfig, ExposeError, Exposer, Expos
 from grpctunnel.gateway.metrics import ExposerMetrics, MetricsServer, serve_metrics
 from grpctunnel_cli.command import on_stop_signal, run
 from grpctunnel_cli.connect import open_channel, wait_until_ready
-from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError
+from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError, UsageError
 from grpctunnel_cli.logs import setup_logging
 from grpctunnel_cli.options import (
     CONNECTION,
@@ -53,11 +54,12 @@ def expose(
         ),
     ],
     to: Annotated[
-        str,
+        list[str],
         typer.Option(
             "--to",
             metavar="HOST:PORT",
-            help="The tunnel server.",
+            help="The tunnel server. Repeat it (or separate by commas) for several, the "
+            "nodes of a cluster say: they are tried in turn.",
             rich_help_panel=CONNECTION,
         ),
     ],
@@ -114,7 +116,8 @@ def expose(
     """Publish a local backend through reverse tunnels to a server.
 
     Exposes BACKEND through reverse tunnels to the tunnel server given with --to, and
-    keeps them up: reconnects with backoff when the server goes away. Logs go to stderr;
+    keeps them up: reconnects with backoff when the server goes away (to the next one,
+    given several). Logs go to stderr;
     on a terminal, a live table shows the tunnels and calls.
     """
     renderer = Renderer()
@@ -123,10 +126,14 @@ def expose(
 
     async def body() -> int:
         security = security_options.read()
-        await _check_tls(to, security, connect_timeout)
+        servers = list(dict.fromkeys(s.strip() for entry in to for s in entry.split(",")))
+        servers = [s for s in servers if s]
+        if not servers:
+            raise UsageError("--to needs a server, HOST:PORT")
+        await asyncio.gather(*(_check_tls(s, security, connect_timeout) for s in servers))
         config = ExposeConfig(
             backend=backend,
-            server=to,
+            server=servers,
             name=name or f"{socket.gethostname()}/{backend}",
             services=tuple(service or ()),
             tunnels=tunnels,
@@ -203,7 +210,8 @@ def _status_table(config: ExposeConfig, stats: ExposeStats) -> Table:
     """The live view: what is exposed where, the tunnels up, the calls relayed."""
     table = Table(show_header=False, box=None, padding=(0, 1))
     color = {"connected": "green", "reconnecting": "yellow"}.get(stats.state, "cyan")
-    table.add_row("expose", f"{config.backend} → {config.server} as [bold]{config.name}[/]")
+    server = stats.server or ", ".join(config.servers)
+    table.add_row("expose", f"{config.backend} → {server} as [bold]{config.name}[/]")
     table.add_row(
         "state", f"[{color}]{stats.state}[/] ({stats.tunnels_up}/{config.tunnels} tunnels up)"
     )

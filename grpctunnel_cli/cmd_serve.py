@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import grpc
 import typer
 
 from grpctunnel.gateway import BindError, GatewayServer, GatewaySettings
 from grpctunnel.gateway.auth import AuthConfigError, TokenAuthority
+from grpctunnel.gateway.cluster_auth import CLUSTER_TOKEN_ENV
 from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.server import DEFAULT_MAX_STREAMS_PER_TUNNEL
 from grpctunnel_cli.command import run, until_signalled
@@ -39,7 +40,12 @@ from grpctunnel_cli.options import (
 from grpctunnel_cli.render import Renderer
 from grpctunnel_cli.security import TOKEN_ENV, is_loopback, read_file
 
+if TYPE_CHECKING:  # Redis is imported only with --cluster
+    from grpctunnel.gateway.cluster import ClusterSettings
+
 __all__ = ["serve"]
+
+CLUSTER = "Cluster"
 
 log = logging.getLogger("grpctunnel")
 
@@ -136,6 +142,56 @@ def serve(
             rich_help_panel=LIMITS,
         ),
     ] = DEFAULT_MAX_STREAMS_PER_TUNNEL,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="URL",
+            help="Join the cluster of serve nodes that share this Redis (redis://HOST:PORT/DB): "
+            "any node reaches "
+            "the tunnels of every node (see README, Clusters).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            metavar="HOST:PORT",
+            help="Where the other nodes reach this one (default: --host and the port).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    cluster_token: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster-token",
+            metavar="TOKEN",
+            help="The secret every node of the cluster shares; nodes prove it to each "
+            f"other (default: ${CLUSTER_TOKEN_ENV}).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    cluster_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster-ca",
+            metavar="FILE",
+            help="With TLS: the CA (PEM) that signed the other nodes' certificates "
+            "(default: --tls-cert itself, for a certificate all nodes share).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    heartbeat_ttl: Annotated[
+        float,
+        typer.Option(
+            "--cluster-ttl",
+            min=0.3,
+            metavar="SECONDS",
+            help="A node silent this long is dropped from the cluster's view.",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = 3.0,
     verbose: Annotated[
         bool,
         verbose_option(
@@ -161,6 +217,19 @@ def serve(
         authority = _authority(token, token_file)
         credentials = _server_credentials(tls_cert, tls_key, client_ca)
         _check_exposure(host, credentials, authority, allow_insecure)
+        joined = None
+        if cluster is not None:
+            joined = _cluster_settings(
+                cluster,
+                advertise,
+                cluster_token,
+                heartbeat_ttl,
+                _peer_credentials(tls_cert, tls_key, client_ca, cluster_ca),
+                host,
+                port,
+            )
+        elif advertise is not None or cluster_token is not None or cluster_ca is not None:
+            raise UsageError("--advertise, --cluster-token and --cluster-ca go with --cluster")
         server = GatewayServer(
             GatewaySettings(
                 host=host,
@@ -175,6 +244,7 @@ def serve(
                 metrics_host=metrics.host,
                 service_grace=service_grace,
             )
+                cluster=joined,
         )
         try:
             await server.start()
@@ -212,6 +282,64 @@ def serve(
 
 
 def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:
+def _cluster_settings(
+    url: str,
+    advertise: str | None,
+    token: str | None,
+    ttl: float,
+    peer_credentials: grpc.ChannelCredentials | None,
+    host: str,
+    port: int,
+) -> ClusterSettings:
+    """The cluster to join: --cluster, --advertise, the cluster token."""
+    from grpctunnel.gateway.cluster import ClusterSettings
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(f"--cluster takes a Redis URL (redis://HOST:PORT/DB), not {url!r}")
+    secret = token if token is not None else os.environ.get(CLUSTER_TOKEN_ENV, "")
+    if not secret.strip():
+        raise UsageError(
+            f"--cluster needs the cluster token: --cluster-token or ${CLUSTER_TOKEN_ENV} "
+            "(the same secret on every node)"
+        )
+    if advertise is None:
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            raise UsageError(
+                f"--host {host} listens on every address: say with --advertise HOST:PORT "
+                "where the other nodes reach this one"
+            )
+        advertise = "" if port == 0 else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    elif ":" not in advertise:
+        raise UsageError(f"--advertise takes HOST:PORT, not {advertise!r}")
+    return ClusterSettings(
+        redis_url=url,
+        advertise=advertise,
+        token=secret.strip(),
+        heartbeat_ttl=ttl,
+        peer_credentials=peer_credentials,
+    )
+
+
+def _peer_credentials(
+    cert: Path | None, key: Path | None, client_ca: Path | None, cluster_ca: Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS for the connections to the other nodes, when this node serves TLS (theirs
+    are alike): trusting --cluster-ca (else --tls-cert), presenting this node's
+    certificate where nodes require client certificates (--client-ca)."""
+    if cert is None or key is None:
+        if cluster_ca is not None:
+            raise UsageError("--cluster-ca goes with --tls-cert and --tls-key")
+        return None
+    roots = read_file(cluster_ca or cert, "--cluster-ca" if cluster_ca else "--tls-cert")
+    if client_ca is None:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots,
+        private_key=read_file(key, "--tls-key"),
+        certificate_chain=read_file(cert, "--tls-cert"),
+    )
+
+
     """The tokens to require: --token, --token-file or $GRPCTUNNEL_TOKEN; None for none."""
     if token is not None and token_file is not None:
         raise UsageError("give either --token or --token-file, not both")

@@ -89,6 +89,10 @@ class Claim(Generic[T]):
     holder: object = None
     tunnel: T | None = None
     released: bool = False
+    # the cluster node whose tunnel this is (None: this gateway's own), and when it was
+    # admitted there (seconds since the Unix epoch): the older of two claims wins
+    node: str | None = None
+    since: float = 0.0
 
 
 @dataclass
@@ -96,6 +100,9 @@ class _Service(Generic[T]):
     owner: Owner
     claims: int = 0  # unreleased claims announcing it (routable or not yet)
     live: list[Claim[T]] = field(default_factory=list)  # routable, in turn order
+    # routable claims of other cluster nodes: used only when no tunnel here serves it
+    remote: list[Claim[T]] = field(default_factory=list)
+    held: list[Claim[T]] = field(default_factory=list)  # the unreleased claims
     turn: int = 0
     released_at: float | None = None  # when the last claim went; owned until + grace
 
@@ -117,6 +124,9 @@ class TunnelDirectory(Generic[T]):
         # services in their grace period, oldest first: swept as time passes, so that
         # names announced once and never again do not pile up
         self._graces: deque[tuple[float, str]] = deque()
+        # while set, routing keeps to this gateway's own tunnels (a cluster node sets it
+        # while it routes a call another node relayed to it)
+        self.local_only = False
 
     # -- admission ------------------------------------------------------------------
 
@@ -159,10 +169,16 @@ class TunnelDirectory(Generic[T]):
         *,
         kind: str = "reverse",
         holder: object = None,
+        node: str | None = None,
+        since: float | None = None,
     ) -> Claim[T]:
         """Records a tunnel that passed :meth:`check`: its name and services are held
-        from now on (it is not routable until :meth:`publish`)."""
+        from now on (it is not routable until :meth:`publish`). ``node`` names the
+        cluster node that holds the tunnel, when it is not this gateway's own; ``since``
+        is when it was admitted (now, unless given)."""
         claim: Claim[T] = Claim(owner, name, tuple(dict.fromkeys(services)), kind, holder)
+        claim.node = node
+        claim.since = time.time() if since is None else since
         now = self._clock()
         self._sweep(now)
         for service in claim.services:
@@ -170,6 +186,7 @@ class TunnelDirectory(Generic[T]):
             if state is None:
                 state = self._services[service] = _Service(owner)
             state.claims += 1
+            state.held.append(claim)
             state.released_at = None
         if name:
             self._names.setdefault(name, []).append(claim)
@@ -182,7 +199,8 @@ class TunnelDirectory(Generic[T]):
             return
         claim.tunnel = tunnel
         for service in claim.services:
-            self._services[service].live.append(claim)
+            state = self._services[service]
+            (state.live if claim.node is None else state.remote).append(claim)
 
     def release(self, claim: Claim[T]) -> None:
         """The claim's tunnel has ended (or never opened): no more calls go to it, and
@@ -195,8 +213,11 @@ class TunnelDirectory(Generic[T]):
             state = self._services.get(service)
             if state is None:
                 continue
-            if claim.tunnel is not None and claim in state.live:
-                state.live.remove(claim)
+            routable = state.live if claim.node is None else state.remote
+            if claim.tunnel is not None and claim in routable:
+                routable.remove(claim)
+            if claim in state.held:
+                state.held.remove(claim)
             state.claims -= 1
             if state.claims == 0:
                 state.released_at = now
@@ -221,13 +242,18 @@ class TunnelDirectory(Generic[T]):
         service: str,
         pin: str | None = None,
         usable: Callable[[T], bool] | None = None,
+        *,
+        local_only: bool = False,
     ) -> T | None:
         """A live tunnel serving ``service`` (through the tunnel named ``pin``, if
         given), in turn; None when there is none. With ``usable``, the next one in turn
-        for which ``usable(tunnel)`` holds (None when it holds for none)."""
+        for which ``usable(tunnel)`` holds (None when it holds for none). This gateway's
+        own tunnels come first: those of other cluster nodes are routed to only when
+        none of its own serves the call, and never with ``local_only``."""
         state = self._services.get(service)
-        if state is None or not state.live:
+        if state is None:
             return None
+        local_only = local_only or self.local_only
         candidates = state.live
         if pin is not None:
             candidates = [
@@ -236,9 +262,14 @@ class TunnelDirectory(Generic[T]):
                 if c.tunnel is not None
                 and service in c.services
                 and state.owner.shares(c.owner, service)
+                and not (local_only and c.node is not None)
             ]
-            if not candidates:
-                return None
+            local = [c for c in candidates if c.node is None]
+            candidates = local or candidates
+        elif not candidates and not local_only:
+            candidates = state.remote
+        if not candidates:
+            return None
         state.turn += 1
         count = len(candidates)
         if usable is None:
@@ -254,26 +285,59 @@ class TunnelDirectory(Generic[T]):
         state = self._services.get(service)
         if state is None:
             return []
-        return [c.tunnel for c in state.live if c.tunnel is not None]
+        return [c.tunnel for c in (*state.live, *state.remote) if c.tunnel is not None]
 
     def serves(self, service: str) -> bool:
-        """Whether some live tunnel serves ``service`` now."""
+        """Whether some live tunnel (here or on another cluster node) serves
+        ``service`` now."""
         state = self._services.get(service)
-        return state is not None and bool(state.live)
+        return state is not None and bool(state.live or state.remote)
 
     def holding(self, name: str) -> list[Claim[T]]:
         """The unreleased claims under tunnel ``name``."""
         return list(self._names.get(name, ()))
 
-    def exposed(self) -> dict[str, list[str]]:
+    def exposed(self, *, local_only: bool = False) -> dict[str, list[str]]:
         """Service name -> names of the live tunnels serving it, for every service
-        served now."""
+        served now (by this gateway's own tunnels only, with ``local_only``)."""
         out: dict[str, list[str]] = {}
         for service, state in self._services.items():
-            names = list(dict.fromkeys(c.name for c in state.live))
+            routable = state.live if local_only else (*state.live, *state.remote)
+            names = list(dict.fromkeys(c.name for c in routable))
             if names:
                 out[service] = names
         return out
+
+    def conflicts(
+        self, owner: Owner, name: str, services: Iterable[str]
+    ) -> tuple[list[Claim[T]], list[str]]:
+        """What a claim of ``owner`` for ``name`` and ``services`` would conflict
+        with: the unreleased claims of other owners (of the name, or of a service it
+        may not share), and the services owned by another owner only within their
+        grace period. (Admission refuses such a claim; a claim another cluster node
+        already admitted is settled by age instead.)"""
+        found: list[Claim[T]] = []
+        if name:
+            found.extend(
+                c for c in self._names.get(name, ()) if c.owner.credential != owner.credential
+            )
+        graced: list[str] = []
+        now = self._clock()
+        for service in services:
+            state = self._owned(service, now)
+            if state is None or owner.shares(state.owner, service):
+                continue
+            if state.held:
+                found.extend(c for c in state.held if c not in found)
+            else:
+                graced.append(service)
+        return found, graced
+
+    def forget(self, service: str) -> None:
+        """Forgets the owner of ``service`` if no claim holds it (ends its grace)."""
+        state = self._services.get(service)
+        if state is not None and state.claims == 0:
+            del self._services[service]
 
     def owner_of(self, service: str) -> Owner | None:
         """Who owns ``service`` now (within its grace period too), or None."""

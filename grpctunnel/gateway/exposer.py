@@ -95,12 +95,16 @@ class ExposeStats:
     state: str = "connecting"
     last_error: str = ""
 
+    server: str = ""  # the server the latest tunnel connected to
 
 @dataclass
 class ExposeConfig:
     """What to expose, where, and how.
 
-    ``metadata`` is sent with every tunnel as it opens (a bearer token, say);
+    ``server`` is the tunnel server, or several (a list, or names separated by commas)
+    that are tried in turn: the nodes of one cluster, say (a DNS name with several
+    addresses is one server to gRPC, which tries each address). ``metadata`` is sent
+    with every tunnel as it opens (a bearer token, say);
     ``server_credentials`` / ``backend_credentials`` make those connections TLS;
     ``channel_options`` apply to both. The server connection also gets keepalive
     options (``keepalive_interval`` None turns them off). ``instance`` identifies this
@@ -111,7 +115,7 @@ class ExposeConfig:
     """
 
     backend: str
-    server: str
+    server: str | Sequence[str]
     name: str
     services: Sequence[str] = ()
     tunnels: int = 1
@@ -124,6 +128,13 @@ class ExposeConfig:
     channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     keepalive_interval: float | None = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
+    @property
+    def servers(self) -> list[str]:
+        """The servers to try, in order."""
+        given = [self.server] if isinstance(self.server, str) else list(self.server)
+        found = [s.strip() for entry in given for s in entry.split(",") if s.strip()]
+        return list(dict.fromkeys(found))
+
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     epoch: int = field(default_factory=time.time_ns)
     max_message_length: int | None = 64 * 1024 * 1024
@@ -165,7 +176,8 @@ async def list_backend_services(channel: grpc.aio.Channel, timeout: float = 10.0
 
 
 class Exposer:
-    """Keeps ``config.tunnels`` reverse tunnels to ``config.server`` open, relaying
+    """Keeps ``config.tunnels`` reverse tunnels to ``config.server`` (the first of its
+    servers that answers) open, relaying
     their calls to ``config.backend``. ``metrics``, if given, is bound to its counters
     and told as each call ends. The calls the server makes to learn the backend's
     health and schema are relayed too, but not counted among the exposer's calls."""
@@ -217,6 +229,9 @@ class Exposer:
                 code.name,
                 seconds * 1000,
                 self.config.name,
+        # which of the servers the tunnels go to: all of them to one, the next one in
+        # turn once it fails
+        self._server = 0
                 extra={
                     "event": "call",
                     "tunnel": self.config.name,
@@ -293,11 +308,32 @@ class Exposer:
                         f"cannot reach backend {config.backend}: {e.code().name}: {e.details()}"
                     )
                     services = []
+    def _server_now(self) -> tuple[int, str]:
+        servers = self.config.servers
+        turn = self._server % len(servers)
+        return turn, servers[turn]
+
+    def _server_failed(self, turn: int) -> None:
+        """The server at ``turn`` failed a tunnel: the next attempts go to the next
+        server (unless another tunnel moved on already)."""
+        servers = self.config.servers
+        if len(servers) > 1 and self._server % len(servers) == turn:
+            self._server = turn + 1
+            log.warning(
+                "server %s failed: trying %s next",
+                servers[turn],
+                servers[self._server % len(servers)],
+                    self._server_failed(turn)
+            )
+
                 if services:
                     self.services = services
                     server_channel = _channel(
-                        config.server, config.server_credentials, config.server_channel_options()
+        if not config.servers:
+            raise ExposeError("no tunnel server to connect to")
+                        server, config.server_credentials, config.server_channel_options()
                     )
+            turn, server = self._server_now()
                     announce = announce_metadata(
                         config.name,
                         services,
@@ -314,7 +350,7 @@ class Exposer:
                     rts = ReverseTunnelServer(stub, options)
                     rts.add_generic_rpc_handlers((self._housekeeping, self.proxy))
                     tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)
-                    self._up(index, services)
+                    self._up(index, services, server)
                     backoff.reset()
                     await tunnel.wait_closed()
                     reason = (
@@ -332,22 +368,19 @@ class Exposer:
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.ABORTED:  # fenced off: a newer one has the name
                     raise ExposeError(
-                        f"server {config.server} refused the tunnel: {e.details()}; "
+                        f"server {server} refused the tunnel: {e.details()}; "
                         "a newer `expose` of the same name and credential runs elsewhere, "
                         "so this one stops"
                     ) from None
                 if e.code() in FATAL_CODES and not self._connected_once:
                     raise ExposeError(
-                        f"server {config.server} refused the tunnel: {e.code().name}: {e.details()}"
+                        f"server {server} refused the tunnel: {e.code().name}: {e.details()}"
                     ) from None
                 if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    self._failed(
-                        f"cannot reach server {config.server}: {e.code().name}: {e.details()}"
-                    )
+                    self._failed(f"cannot reach server {server}: {e.code().name}: {e.details()}")
                 else:
                     self._failed(
-                        f"server {config.server} refused tunnel {index + 1}: "
-                        f"{e.code().name}: {e.details()}"
+                        f"server {server} refused tunnel {index + 1}: {e.code().name}: {e.details()}"
                     )
             finally:
                 if tunnel is not None:
@@ -358,10 +391,11 @@ class Exposer:
             log.warning("reconnecting tunnel %d in %.1fs", index + 1, delay)
             self.stats.state = "reconnecting" if self.stats.tunnels_up == 0 else self.stats.state
             self.stats.reconnects += 1
+                self._server_failed(turn)
             self._changed()
             await asyncio.sleep(delay)
 
-    def _up(self, index: int, services: list[str]) -> None:
+    def _up(self, index: int, services: list[str], server: str) -> None:
         self._connected_once = True
         self.stats.tunnels_up += 1
         self.stats.state = "connected"
@@ -369,14 +403,15 @@ class Exposer:
         log.info(
             "tunnel %d connected to %s as %r, exposing %s (backend %s)",
             index + 1,
-            self.config.server,
+            server,
             self.config.name,
             ", ".join(services),
             self.config.backend,
             extra={
                 "event": "tunnel_connected",
+        self.stats.server = server
                 "tunnel": self.config.name,
-                "peer": self.config.server,
+                "peer": server,
                 "services": services,
             },
         )

@@ -15,8 +15,10 @@ command, the demo and the tests all start gateways through it::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +29,9 @@ from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
 from grpctunnel.gateway.proxy import CallObserver
 from grpctunnel.options import TunnelServiceHandlerOptions
+
+if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
+    from grpctunnel.gateway.cluster import ClusterNode, ClusterSettings
 
 log = logging.getLogger("grpctunnel")
 
@@ -48,7 +53,9 @@ class GatewaySettings:
     ``max_message_length`` bounds each relayed message (both directions, every hop of
     the server), ``max_streams_per_tunnel`` the calls one tunnel may have in progress.
     ``service_grace`` is how long a credential keeps a service after its last tunnel
-    exposing it closed (see :mod:`grpctunnel.gateway.directory`).
+    exposing it closed (see :mod:`grpctunnel.gateway.directory`). With ``cluster``, the
+    gateway is one node of a cluster sharing one view through Redis (see
+    :mod:`grpctunnel.gateway.cluster`; its ``advertise`` defaults to :attr:`address`).
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +77,7 @@ class GatewaySettings:
     @property
     def address(self) -> str:
         """``host:port`` as grpc wants it (IPv6 hosts in brackets)."""
+    cluster: ClusterSettings | None = None
         host = self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
@@ -84,7 +92,13 @@ class GatewayServer:
         limit = settings.max_message_length
         self.metrics = GatewayMetrics() if settings.metrics_port is not None else None
         self.metrics_server: MetricsServer | None = None
-        self.gateway = Gateway(
+        make_gateway: Callable[..., Gateway] = Gateway
+        if settings.cluster is not None:
+            from grpctunnel.gateway.cluster import cluster_gateway
+
+            make_gateway = cluster_gateway(settings.cluster, settings)
+        self.cluster: ClusterNode | None = None
+        self.gateway = make_gateway(
             TunnelServiceHandlerOptions(
                 max_receive_message_length=limit,
                 max_send_message_length=limit,
@@ -151,6 +165,12 @@ class GatewayServer:
         """Refuses new tunnels, lets relayed calls finish for up to ``grace`` seconds,
         then ends every tunnel (what is still in flight fails with UNAVAILABLE) and
         stops the server. Calling it again does nothing."""
+        if settings.cluster is not None:
+            from grpctunnel.gateway.cluster import join_cluster
+
+            if not settings.cluster.advertise:
+                settings.cluster.advertise = self.address
+            self.cluster = await join_cluster(self.gateway, settings.cluster)
         if self._stopped:
             return
         self._stopped = True
@@ -160,7 +180,11 @@ class GatewayServer:
             self.metrics_server.close()
 
     async def wait_for_termination(self) -> None:
+        if self.cluster is not None:  # the other nodes route nothing new here
+            await self.cluster.leave()
         await self.server.wait_for_termination()
+        if self.cluster is not None:
+            await self.cluster.close()
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()

@@ -162,7 +162,7 @@ async def test_every_kind_of_call_through_the_tunnel(stack: Stack) -> None:
     assert chat.lines == ['{"msg":"a"}', '{"msg":"b","index":1}', '{"msg":"c","index":2}']
 
     # the exposer relayed them (and the reflection questions, answered by the backend)
-    await stack.exposer.wait_for(rf"DEBUG /{ECHO}/Chat OK")
+    await stack.exposer.wait_for(rf"DEBUG call /{ECHO}/Chat OK")
     assert stack.exposer.count(rf"/{ECHO}/(Echo|Expand|Collect|Chat) OK") == 5
     no_traceback(stack.server, stack.exposer)
 
@@ -351,7 +351,7 @@ async def test_two_exposers_share_calls_and_pinning(launcher: Launcher) -> None:
         launcher.exposer(backend, server, "a", "-v"), launcher.exposer(backend, server, "b", "-v")
     )
     address = server[1]
-    echo_line = rf"DEBUG /{ECHO}/Echo OK"
+    echo_line = rf"DEBUG call /{ECHO}/Echo OK"
 
     async def calls(n: int, *extra: str) -> None:
         for batch in range(0, n, 5):
@@ -379,7 +379,7 @@ async def test_two_exposers_share_calls_and_pinning(launcher: Launcher) -> None:
         address, "Echo/Expand", '{"msg": "b", "count": 2}', "-H", "grpctunnel-tunnel: b"
     )
     assert pinned_b.returncode == 0, pinned_b
-    await b.wait_for(rf"DEBUG /{ECHO}/Expand OK", after=b_mark)
+    await b.wait_for(rf"DEBUG call /{ECHO}/Expand OK", after=b_mark)
     assert a.count(rf"/{ECHO}/Expand", after=a_mark) == 0
 
     nowhere = await call(address, "Echo/Echo", '{"msg": "x"}', "-H", "grpctunnel-tunnel: zz")
@@ -528,7 +528,7 @@ async def test_deadline_crosses_the_tunnel(launcher: Launcher, stack: Stack) -> 
     assert await collect.wait_exit() == 64 + 4, collect.output
     assert "ERROR: DEADLINE_EXCEEDED" in collect.output
     # the deadline went down the tunnel too: the relayed call ended, not left hanging
-    ended = await stack.exposer.wait_for(rf"DEBUG /{ECHO}/Collect (\w+)", after=mark)
+    ended = await stack.exposer.wait_for(rf"DEBUG call /{ECHO}/Collect (\w+)", after=mark)
     assert ended.group(1) in ("DEADLINE_EXCEEDED", "CANCELLED"), stack.exposer.output
 
 

@@ -1,0 +1,91 @@
+"""Ownership holds across the nodes of a cluster (the rules of tests/security/
+test_ownership.py): a service exposed on node 1 belongs to its credential on node 2 too, so
+does a tunnel name, and a credential's tunnel limit counts its tunnels on every node. Calls
+with a caller's token reach the owner through either node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .fleet import ECHO, GRPCTUNNEL, Fleet, clean_env, needs_redis, no_traceback, routable
+
+pytestmark = [needs_redis, pytest.mark.timeout(90)]
+
+
+def _tokens(path: Path) -> str:
+    entries: list[dict[str, Any]] = [
+        {"name": "billing", "token": "t-billing", "call": False},
+        {"name": "device", "token": "t-device", "call": False},
+        {"name": "limited", "token": "t-limited", "call": False, "max_tunnels": 1},
+        {"name": "ops", "token": "t-ops", "expose": False},
+    ]
+    path.write_text(json.dumps({"tokens": entries}))
+    return str(path)
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(GRPCTUNNEL),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_names_services_and_limits_hold_across_nodes(fleet: Fleet, tmp_path: Path) -> None:
+    tokens = _tokens(tmp_path / "tokens.json")
+    n1, n2 = await fleet.nodes(2, "--token-file", tokens)
+    backend, other = await asyncio.gather(fleet.backend(), fleet.backend())
+    mark = n2.mark()
+    owner = await fleet.expose(backend, "billing", n1, extra=("--token", "t-billing"))
+    limited = await fleet.expose(
+        other, "limited-1", n1, extra=("--token", "t-limited", "--service", "acme.v1.Limited")
+    )
+    await routable(n2, "billing", after=mark)
+    await routable(n2, "limited-1", after=mark)
+
+    # a second tunnel of a credential whose one tunnel is on node 1 (expose retries that)
+    over_limit = await fleet.grpctunnel(
+        *("expose", other, "--to", n2.address, "--name", "limited-2"),
+        *("--token", "t-limited", "--service", "acme.v1.Limited"),
+    )
+    impostor, name_thief = await asyncio.gather(
+        # another credential announcing the service node 1's billing owns
+        _cli("expose", other, "--to", n2.address, "--name", "device-17", "--token", "t-device"),
+        # another credential announcing the name billing holds on node 1
+        _cli(
+            *("expose", other, "--to", n2.address, "--name", "billing"),
+            *("--token", "t-device", "--service", "acme.v1.Device"),
+        ),
+    )
+    assert impostor[0] == 1, impostor
+    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor[2]
+    assert name_thief[0] == 1, name_thief
+    assert "PERMISSION_DENIED: tunnel name 'billing' belongs to another credential" in name_thief[2]
+    await over_limit.wait_for(r"refused tunnel 1: RESOURCE_EXHAUSTED: .* \(its limit is 1\)")
+
+    # calls with a caller's token reach the owner through node 2, relayed to node 1
+    relayed = owner.mark()
+    results = await asyncio.gather(
+        *(
+            _cli("call", "-s", n2.address, "Echo/Echo", f'{{"msg":"{i}"}}', "--token", "t-ops")
+            for i in range(3)
+        )
+    )
+    for i, result in enumerate(results):
+        assert result[:2] == (0, f'{{"msg":"{i}"}}\n'), result
+    await owner.wait_count(rf"/{ECHO}/Echo OK", 3, after=relayed)
+    # and without a token, nothing (node 2 judges the caller; node 1 trusts node 2)
+    refused = await _cli("call", "-s", n2.address, "Echo/Echo", '{"msg":"x"}')
+    assert refused[0] == 64 + 16, refused  # UNAUTHENTICATED
+    no_traceback(n1.proc, n2.proc, owner, limited)
