@@ -243,8 +243,8 @@ def serve(
                 metrics_port=metrics.port,
                 metrics_host=metrics.host,
                 service_grace=service_grace,
-            )
                 cluster=joined,
+            )
         )
         try:
             await server.start()
@@ -281,7 +281,6 @@ def serve(
     run(body, renderer)
 
 
-def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:
 def _cluster_settings(
     url: str,
     advertise: str | None,
@@ -340,6 +339,7 @@ def _peer_credentials(
     )
 
 
+def _authority(token: str | None, token_file: Path | None) -> TokenAuthority | None:
     """The tokens to require: --token, --token-file or $GRPCTUNNEL_TOKEN; None for none."""
     if token is not None and token_file is not None:
         raise UsageError("give either --token or --token-file, not both")

@@ -94,8 +94,8 @@ class ExposeStats:
     reconnects: int = 0
     state: str = "connecting"
     last_error: str = ""
-
     server: str = ""  # the server the latest tunnel connected to
+
 
 @dataclass
 class ExposeConfig:
@@ -128,16 +128,16 @@ class ExposeConfig:
     channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     keepalive_interval: float | None = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    epoch: int = field(default_factory=time.time_ns)
+    max_message_length: int | None = 64 * 1024 * 1024
+
     @property
     def servers(self) -> list[str]:
         """The servers to try, in order."""
         given = [self.server] if isinstance(self.server, str) else list(self.server)
         found = [s.strip() for entry in given for s in entry.split(",") if s.strip()]
         return list(dict.fromkeys(found))
-
-    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
-    epoch: int = field(default_factory=time.time_ns)
-    max_message_length: int | None = 64 * 1024 * 1024
 
     def backend_channel_options(self) -> list[tuple[str, Any]]:
         limit = -1 if self.max_message_length is None else self.max_message_length
@@ -214,6 +214,9 @@ class Exposer:
             metrics.bind(self.stats, self.proxy.totals, self.backend_stats, config.tunnels)
         self._stopping = asyncio.Event()
         self._connected_once = False
+        # which of the servers the tunnels go to: all of them to one, the next one in
+        # turn once it fails
+        self._server = 0
         self.services: list[str] = list(config.services)
 
     def _observed(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -229,9 +232,6 @@ class Exposer:
                 code.name,
                 seconds * 1000,
                 self.config.name,
-        # which of the servers the tunnels go to: all of them to one, the next one in
-        # turn once it fails
-        self._server = 0
                 extra={
                     "event": "call",
                     "tunnel": self.config.name,
@@ -293,21 +293,6 @@ class Exposer:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _keep_tunnel(self, index: int) -> None:
-        config = self.config
-        backoff = Backoff(config.backoff_initial, config.backoff_cap)
-        while True:
-            tunnel, server_channel = None, None
-            try:
-                try:
-                    services = await self.discover_services()
-                except grpc.aio.AioRpcError as e:
-                    if self.metrics is not None:
-                        self.metrics.discovery_failed()
-                    self._failed(
-                        f"cannot reach backend {config.backend}: {e.code().name}: {e.details()}"
-                    )
-                    services = []
     def _server_now(self) -> tuple[int, str]:
         servers = self.config.servers
         turn = self._server % len(servers)
@@ -323,17 +308,31 @@ class Exposer:
                 "server %s failed: trying %s next",
                 servers[turn],
                 servers[self._server % len(servers)],
-                    self._server_failed(turn)
             )
 
+    async def _keep_tunnel(self, index: int) -> None:
+        config = self.config
+        backoff = Backoff(config.backoff_initial, config.backoff_cap)
+        if not config.servers:
+            raise ExposeError("no tunnel server to connect to")
+        while True:
+            tunnel, server_channel = None, None
+            turn, server = self._server_now()
+            try:
+                try:
+                    services = await self.discover_services()
+                except grpc.aio.AioRpcError as e:
+                    if self.metrics is not None:
+                        self.metrics.discovery_failed()
+                    self._failed(
+                        f"cannot reach backend {config.backend}: {e.code().name}: {e.details()}"
+                    )
+                    services = []
                 if services:
                     self.services = services
                     server_channel = _channel(
-        if not config.servers:
-            raise ExposeError("no tunnel server to connect to")
                         server, config.server_credentials, config.server_channel_options()
                     )
-            turn, server = self._server_now()
                     announce = announce_metadata(
                         config.name,
                         services,
@@ -359,6 +358,7 @@ class Exposer:
                         else "server closed the tunnel"
                     )
                     self._down(f"tunnel {index + 1} lost: {reason}")
+                    self._server_failed(turn)
                     if TAKEN_OVER in reason:
                         raise ExposeError(
                             f"tunnel name {config.name!r} was taken over by another instance "
@@ -382,6 +382,7 @@ class Exposer:
                     self._failed(
                         f"server {server} refused tunnel {index + 1}: {e.code().name}: {e.details()}"
                     )
+                self._server_failed(turn)
             finally:
                 if tunnel is not None:
                     await tunnel.close()
@@ -391,7 +392,6 @@ class Exposer:
             log.warning("reconnecting tunnel %d in %.1fs", index + 1, delay)
             self.stats.state = "reconnecting" if self.stats.tunnels_up == 0 else self.stats.state
             self.stats.reconnects += 1
-                self._server_failed(turn)
             self._changed()
             await asyncio.sleep(delay)
 
@@ -400,6 +400,7 @@ class Exposer:
         self.stats.tunnels_up += 1
         self.stats.state = "connected"
         self.stats.last_error = ""
+        self.stats.server = server
         log.info(
             "tunnel %d connected to %s as %r, exposing %s (backend %s)",
             index + 1,
@@ -409,7 +410,6 @@ class Exposer:
             self.config.backend,
             extra={
                 "event": "tunnel_connected",
-        self.stats.server = server
                 "tunnel": self.config.name,
                 "peer": server,
                 "services": services,

@@ -73,11 +73,11 @@ class GatewaySettings:
     # None: none), from a registry of this server's own (see grpctunnel.gateway.metrics)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    cluster: ClusterSettings | None = None
 
     @property
     def address(self) -> str:
         """``host:port`` as grpc wants it (IPv6 hosts in brackets)."""
-    cluster: ClusterSettings | None = None
         host = self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
@@ -159,32 +159,32 @@ class GatewayServer:
                     f"{error.strerror or error}"
                 ) from None
         await self.server.start()
-        return bound
-
-    async def stop(self, grace: float = 0.0) -> None:
-        """Refuses new tunnels, lets relayed calls finish for up to ``grace`` seconds,
-        then ends every tunnel (what is still in flight fails with UNAVAILABLE) and
-        stops the server. Calling it again does nothing."""
         if settings.cluster is not None:
             from grpctunnel.gateway.cluster import join_cluster
 
             if not settings.cluster.advertise:
                 settings.cluster.advertise = self.address
             self.cluster = await join_cluster(self.gateway, settings.cluster)
+        return bound
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Refuses new tunnels, lets relayed calls finish for up to ``grace`` seconds,
+        then ends every tunnel (what is still in flight fails with UNAVAILABLE) and
+        stops the server. Calling it again does nothing."""
         if self._stopped:
             return
         self._stopped = True
+        if self.cluster is not None:  # the other nodes route nothing new here
+            await self.cluster.leave()
         await self.gateway.shutdown(grace)
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.server.stop(1.0 if grace else None)
         if self.metrics_server is not None:
             self.metrics_server.close()
 
     async def wait_for_termination(self) -> None:
-        if self.cluster is not None:  # the other nodes route nothing new here
-            await self.cluster.leave()
         await self.server.wait_for_termination()
-        if self.cluster is not None:
-            await self.cluster.close()
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()
