@@ -385,9 +385,11 @@ class ClusterView:
         if entry.id in peer.claims:
             return
         peer.entries[entry.id] = entry
-        peer.aside.pop(entry.id, None)
+        was_aside = peer.aside.pop(entry.id, None)
         why = self._settle(entry)
         if why is not None:
+            if was_aside is not None:
+                peer.aside[entry.id] = why  # said already
             self._set_aside(entry, why)
             return
         directory = self.gateway.directory
