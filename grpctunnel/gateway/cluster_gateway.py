@@ -67,7 +67,7 @@ class ClusterGateway(Gateway):
         super().__init__(*args, **kwargs)
         # the hop's headers are never relayed on: not from a caller (its own are
         # added), and not to a backend
-        self.proxy._drop = self.proxy._drop | CLUSTER_HEADERS
+        self.proxy.drop_headers = self.proxy.drop_headers | CLUSTER_HEADERS
         self.view = ClusterView(self, node_auth.node_id, make_link)
 
     # -- wiring -------------------------------------------------------------------------

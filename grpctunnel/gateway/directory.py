@@ -244,12 +244,14 @@ class TunnelDirectory(Generic[T]):
         usable: Callable[[T], bool] | None = None,
         *,
         local_only: bool = False,
+        advance: bool = True,
     ) -> T | None:
         """A live tunnel serving ``service`` (through the tunnel named ``pin``, if
         given), in turn; None when there is none. With ``usable``, the next one in turn
         for which ``usable(tunnel)`` holds (None when it holds for none). This gateway's
         own tunnels come first: those of other cluster nodes are routed to only when
-        none of its own serves the call, and never with ``local_only``."""
+        none of its own serves the call, and never with ``local_only``. Without
+        ``advance`` the turn stays where it is (a look that is not a call: reflection)."""
         state = self._services.get(service)
         if state is None:
             return None
@@ -270,7 +272,8 @@ class TunnelDirectory(Generic[T]):
             candidates = state.remote
         if not candidates:
             return None
-        state.turn += 1
+        if advance:
+            state.turn += 1
         count = len(candidates)
         if usable is None:
             return candidates[state.turn % count].tunnel

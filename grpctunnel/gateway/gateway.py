@@ -522,8 +522,9 @@ class Gateway:
             )
 
     def channel_for_service(self, service: str) -> grpc.aio.Channel | None:
-        """A channel to one live tunnel serving ``service`` (in turn), or None."""
-        exposed = self.directory.route(service)
+        """A channel to one live tunnel serving ``service``, or None (for questions
+        such as reflection: the turn of calls is left as it is)."""
+        exposed = self.directory.route(service, advance=False)
         return exposed.tunnel.channel if exposed is not None else None
 
     def _no_route_details(self, service: str, pin: str | None) -> str:

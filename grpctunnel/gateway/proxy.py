@@ -118,7 +118,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self._kinds = kinds
         self._observer = observer
         self._tap = tap
-        self._drop = drop_headers
+        self.drop_headers = drop_headers
         self.in_flight = 0
         self.totals = RelayStats()
         self._idle: asyncio.Event | None = None
@@ -266,7 +266,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             with self._accounted(method, route, context):
                 counted = self._counted(route, requests)
-                async for message in relay_call(route, method, counted, context, self._drop):
+                async for message in relay_call(route, method, counted, context, self.drop_headers):
                     self._received(route, len(message))
                     yield message
 
@@ -279,7 +279,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 channel: Any = route.channel
                 call = channel.unary_unary(method)(
                     request,
-                    metadata=relayable(context.invocation_metadata(), self._drop),
+                    metadata=relayable(context.invocation_metadata(), self.drop_headers),
                     timeout=context.time_remaining(),
                 )
                 try:
@@ -302,7 +302,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
                 channel: Any = route.channel
                 call = channel.unary_stream(method)(
                     request,
-                    metadata=relayable(context.invocation_metadata(), self._drop),
+                    metadata=relayable(context.invocation_metadata(), self.drop_headers),
                     timeout=context.time_remaining(),
                 )
                 try:
