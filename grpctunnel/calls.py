@@ -66,6 +66,29 @@ class CallingSession(
     def is_ready(self) -> bool:
         return self._ready.done() and not self._ready.exception() and not self.closed
 
+    async def wait_established(self, timeout: float | None) -> bool:
+        """Waits up to ``timeout`` seconds (None: without limit) for the peer's settings
+        (when negotiated): True once they came. False if the tunnel ended first, or if
+        they did not come in time, in which case the tunnel is closed with
+        DEADLINE_EXCEEDED ("tunnel not established within ...")."""
+        if self.is_ready or self.closed:
+            return self.is_ready
+        closed = asyncio.ensure_future(self.wait_closed())
+        try:
+            await asyncio.wait(
+                {self._ready, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+        if self.is_ready:
+            return True
+        if not self.closed:
+            self.close(
+                f"tunnel not established within {timeout:g}s: no settings frame from the peer",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        return False
+
     def on_unclaimed_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.SettingsReceived) and not self._ready.done():
             self._ready.set_result(None)
@@ -111,7 +134,8 @@ class TunnelCall:
         self._session: CallingSession | None = None
         self._stream_id = 0
         self._messages: deque[bytes] = deque()
-        self._message_waiter: asyncio.Future[None] | None = None
+        # set when a message arrives or the call ends: wakes every reader waiting
+        self._message_ready = asyncio.Event()
         self._opened = asyncio.Event()
         self._headers: grpc.aio.Metadata | None = None
         self._headers_event = asyncio.Event()
@@ -272,9 +296,7 @@ class TunnelCall:
     def on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.MessageReceived):
             self._messages.append(event.data)
-            waiter = self._message_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._message_ready.set()
         elif isinstance(event, ev.HeadersReceived):
             self._set_headers(event.headers)
         elif isinstance(event, ev.StreamClosed):
@@ -288,7 +310,9 @@ class TunnelCall:
             self._abort(md.code_from_number(int(event.code)), event.message, tell_peer=False)
 
     def on_tunnel_closed(self, reason: str) -> None:
-        self._abort(grpc.StatusCode.UNAVAILABLE, reason, tell_peer=False)
+        session = self._session
+        code = session.close_code if session is not None else grpc.StatusCode.UNAVAILABLE
+        self._abort(code, reason, tell_peer=False)
 
     def _set_headers(self, headers: Any) -> None:
         if self._headers is not None:
@@ -340,9 +364,7 @@ class TunnelCall:
             self._request_task.cancel()
         if self._opening_task is not None and not self._opening_task.done():
             self._opening_task.cancel()
-        waiter = self._message_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._message_ready.set()
         self._done_event.set()
         for callback in self._callbacks:
             self._loop.call_soon(callback, self)
@@ -434,14 +456,14 @@ class TunnelCall:
             if self.done():
                 await self._raise_if_failed()
                 return EOF
-            self._message_waiter = self._loop.create_future()
+            # every reader waits on the one event: a second concurrent read() neither
+            # replaces the first's wake-up nor misses the end of the call
+            self._message_ready.clear()
             try:
-                await self._message_waiter
+                await self._message_ready.wait()
             except asyncio.CancelledError:
                 self.cancel()
                 raise
-            finally:
-                self._message_waiter = None
         data = self._messages.popleft()
         if self._session is not None:
             self._session.conn.message_consumed(self._stream_id)

@@ -147,23 +147,37 @@ class PendingChannel:
         timeout: float | None = None,
         wait_for_ready: bool | None = None,
     ) -> TunnelChannel:
+        """Opens the tunnel; returns its channel once the tunnel is up.
+
+        ``timeout`` bounds the whole opening (connecting, the server's answer, its
+        settings): one deadline. Once the server answered, its settings must also come
+        within the options' ``establishment_timeout``. Raises ``grpc.aio.AioRpcError``:
+        the server's status when it refused the tunnel, DEADLINE_EXCEEDED when the
+        tunnel did not open in time."""
         opts = self.options
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         call: _DialledRpc[S2C, C2S]
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenTunnel, opts, metadata, timeout, wait_for_ready
         )
         session = calling_session(call, TunnelOpening(headers, "tunnel server"), opts)
         tunnel = ForwardTunnel(session, call)
-        ready = asyncio.ensure_future(session.wait_ready())
-        try:
-            await asyncio.wait(
-                {ready, tunnel.task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if not ready.done():
-                ready.cancel()
-        if not session.is_ready:
+        limit = opts.establishment_timeout
+        if deadline is not None:  # what is left of the one deadline of the opening
+            left = max(0.0, deadline - loop.time())
+            limit = left if limit is None else min(limit, left)
+        if not await session.wait_established(limit):
+            error = session.error
             await tunnel.close(None)
+            if error is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise grpc.aio.AioRpcError(
+                    error.code,
+                    grpc.aio.Metadata(*headers),
+                    grpc.aio.Metadata(),
+                    error.details,
+                    None,
+                )
             if call.done() and await call.code() != grpc.StatusCode.OK:
                 raise grpc.aio.AioRpcError(
                     await call.code(),
@@ -173,7 +187,7 @@ class PendingChannel:
                     None,
                 )
             raise unavailable_error(
-                f"the tunnel did not become ready: {session.close_reason or 'timed out'}"
+                f"the tunnel did not become ready: {session.close_reason or 'tunnel closed'}"
             )
         return TunnelChannel(tunnel)
 
@@ -249,7 +263,11 @@ class ReverseTunnelServer(ServiceRegistrar):
         timeout: float | None = None,
         wait_for_ready: bool | None = None,
     ) -> ServedTunnel:
-        """Opens one reverse tunnel; returns once the server accepted it."""
+        """Opens one reverse tunnel; returns once the server accepted it (answered the
+        tunnel RPC), within ``timeout`` seconds (None: without limit) or raises
+        ``grpc.aio.AioRpcError`` (DEADLINE_EXCEEDED when the server did not answer in
+        time, its status when it refused the tunnel). This side has nothing more to
+        wait for: it sends the settings, and the server opens calls whenever it wants."""
         opts = self.options
         call: _DialledRpc[C2S, S2C]
         call, headers = await _open_tunnel_rpc(

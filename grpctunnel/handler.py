@@ -295,21 +295,15 @@ class TunnelServiceHandler(ServiceRegistrar):
         await self._start_session(context, record, session)
         tunnel = ReverseTunnel(session, record)
         run = asyncio.ensure_future(session.run())
-        ready = asyncio.ensure_future(session.wait_ready())
         try:
-            await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
-            if (
-                ready.done()
-                and not ready.cancelled()
-                and ready.exception() is None
-                and not session.closed
-            ):
+            # a peer that never sends its settings is dropped (DEADLINE_EXCEEDED), and
+            # with it the place its half-open tunnel held (tunnel limits, names)
+            if await session.wait_established(self.options.establishment_timeout):
                 self._add_reverse(tunnel)
             await run
         except TunnelClosed as e:
             await _abort_tunnel(context, e)
         finally:
-            ready.cancel()
             if not run.done():
                 run.cancel()
             self._remove_reverse(tunnel)

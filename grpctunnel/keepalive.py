@@ -12,6 +12,10 @@ grpc core waits for the answer to any ping for ``grpc.http2.ping_timeout_ms`` (a
 by default), and a keepalive ping that finds another ping in flight waits on that one, so
 ``grpc.keepalive_timeout_ms`` alone does not bound how long a frozen peer goes unnoticed.
 Both options are set here to the same timeout.
+
+A peer that gives up on a frozen process (SIGSTOP, a frozen VM) tells its callers their
+calls failed; :func:`stale_after` is how long the serving end of a tunnel may find
+itself frozen before it must assume so (see ``TunnelOptions.stale_after``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ from typing import Any
 
 DEFAULT_INTERVAL = 10.0  # seconds between pings on an idle connection
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a ping's answer: dead within ~20 s
+
+
+def stale_after(timeout: float = DEFAULT_TIMEOUT) -> float:
+    """How long a process may have been frozen before a peer that waits ``timeout``
+    seconds for the answer to its keepalive pings can have given up on it.
+
+    A peer pinging every ``interval`` seconds gives up between ``timeout`` and
+    ``interval + timeout`` seconds into the freeze (its next ping may fall due the
+    moment the freeze begins), so the soonest, ``timeout``, is the safe threshold.
+    """
+    return timeout
 
 
 def channel_options(
@@ -54,4 +69,10 @@ def server_options(
     ]
 
 
-__all__ = ["DEFAULT_INTERVAL", "DEFAULT_TIMEOUT", "channel_options", "server_options"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "channel_options",
+    "server_options",
+    "stale_after",
+]

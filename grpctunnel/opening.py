@@ -106,6 +106,8 @@ def serving_session(
         registry=registry,
         max_send_message_length=options.max_send_message_length,
         authorize_call=authorize_call,
+        stale_after=options.stale_after,
+        handler_executor=options.handler_executor,
     )
     session.flush()
     return session

@@ -9,11 +9,13 @@ other peer, such as a Go peer, they are those the Go library uses.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpctunnel import keepalive
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.opening import TunnelOpening as TunnelOpening  # re-exported: it lived here
 from grpctunnel.protocol import (
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE  # gRPC's default limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
 EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RPC itself
+DEFAULT_ESTABLISHMENT_TIMEOUT = 10.0  # seconds for the peer's settings frame
+DEFAULT_STALE_AFTER = keepalive.stale_after()  # a frozen peer may have been given up on
 
 
 @dataclass
@@ -42,6 +46,23 @@ class TunnelOptions:
     chunk sizes default to the large ones between peers of this project and Go's
     otherwise. ``max_concurrent_streams`` bounds the calls a peer may have in progress
     at once on one tunnel served here; beyond it a call fails with RESOURCE_EXHAUSTED.
+
+    ``establishment_timeout`` bounds a tunnel's opening handshake: once the tunnel RPC
+    is answered, the side that opens calls waits at most that long for the peer's
+    settings frame (with a negotiating peer); then the tunnel ends with
+    DEADLINE_EXCEEDED ("tunnel not established within ..."). None waits without limit.
+
+    ``stale_after`` (serving side) drops a tunnel whose process or event loop was
+    frozen for longer than that many seconds (a SIGSTOP, a debugger, a blocked loop):
+    by then its peer may have given up on the tunnel and told its callers so, so the
+    calls found queued on it when it resumes are never started; the tunnel ends with
+    UNAVAILABLE ("tunnel stalled for ...") and a dialling side redials. The default is
+    :func:`grpctunnel.keepalive.stale_after` of the default keepalive settings; None
+    never drops a tunnel for that.
+
+    ``handler_executor`` runs synchronous (non-``async``) servicer methods, as a
+    grpc.aio server's thread pool does; None: a shared pool of ``min(32, CPUs + 4)``
+    threads.
     """
 
     max_receive_message_length: int | None = DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH
@@ -50,6 +71,9 @@ class TunnelOptions:
     initial_window_size: int | None = None
     max_chunk_size: int | None = None
     max_concurrent_streams: int | None = None
+    establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
+    stale_after: float | None = DEFAULT_STALE_AFTER
+    handler_executor: Executor | None = None
 
     def connection_config(self, opening: TunnelOpening) -> ConnectionConfig:
         """The configuration of the protocol connection of a tunnel so opened."""

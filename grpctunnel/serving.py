@@ -8,18 +8,36 @@ arrive through it.
 :class:`ServingSession` turns each opened stream into a :class:`ServerCall`, which runs
 the method handler in its own task with a :class:`TunnelServicerContext`: the full
 ``grpc.aio.ServicerContext`` API, with deadlines from ``grpc-timeout`` and cancellation
-from the caller.
+from the caller. As a grpc.aio server does, a synchronous (non-``async``) method runs
+in a thread pool instead, with a :class:`SyncServicerContext`, so that it never blocks
+the event loop and every other tunnel with it.
+
+A serving session also watches its event loop: when it finds that the loop (or the whole
+process) stood still for longer than ``stale_after`` seconds, its peer may already have
+given up on the tunnel and told the callers their calls failed, so it drops the tunnel
+without starting any call it then finds queued on it (see ``TunnelOptions.stale_after``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import inspect
 import logging
+import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -40,6 +58,9 @@ MethodSpec = Mapping[str, Any]
 CallAuthorizer = Callable[[md.MetadataPairs, str], "tuple[grpc.StatusCode, str] | None"]
 # the tunnel RPC as the serving side sees it: it receives requests, sends responses
 ServingStream = FrameStream[tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
+T = TypeVar("T")
+
+_HEARTBEAT_MAX = 1.0  # seconds between two heartbeats of a serving session, at most
 
 
 class _CallDetails(
@@ -208,7 +229,13 @@ class ServingSession(
     Session[ServingConnection, tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
 ):
     """A session on the end of a tunnel that serves calls: those of ``registry``,
-    each first allowed by ``authorize_call`` (when given)."""
+    each first allowed by ``authorize_call`` (when given).
+
+    ``stale_after`` (seconds, None: never) drops the tunnel, without starting the calls
+    queued on it, once its event loop is found to have stood still that long: a
+    heartbeat notes the time every so often, and both the heartbeat and every frame
+    read compare the time now with the last beat. ``handler_executor`` runs the
+    synchronous servicer methods (None: a shared pool)."""
 
     def __init__(
         self,
@@ -219,26 +246,90 @@ class ServingSession(
         registry: ServiceRegistry,
         max_send_message_length: int | None = None,
         authorize_call: CallAuthorizer | None = None,
+        stale_after: float | None = None,
+        handler_executor: Executor | None = None,
     ) -> None:
         super().__init__(stream, conn, opening, max_send_message_length=max_send_message_length)
         self.registry = registry
         self.authorize_call = authorize_call
+        self.handler_executor = handler_executor
+        self.stale_after = stale_after
+        self.stalled_for: float | None = None  # the stall the tunnel was dropped for
+        self._loop = asyncio.get_running_loop()
+        self._last_beat = self._loop.time()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        if stale_after is not None:
+            self.stall_check = self.stalled
+
+    # -- stalls ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.stale_after is not None:
+            self._beat()
+        try:
+            await super().run()
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        if self.closed or self.stalled():
+            return
+        assert self.stale_after is not None
+        self._last_beat = self._loop.time()
+        period = min(_HEARTBEAT_MAX, max(self.stale_after / 4, 0.01))
+        self._heartbeat = self._loop.call_later(period, self._beat)
+
+    def stalled(self) -> bool:
+        """Whether the tunnel was dropped because this side stood still longer than
+        ``stale_after`` (a frozen process, a blocked event loop): checked now, before
+        anything read is acted on. Dropping it fails its calls (UNAVAILABLE) and
+        cancels its handlers; nothing read after the stall is dispatched."""
+        if self.stalled_for is not None:
+            return True
+        if self.stale_after is None:
+            return False
+        gap = self._loop.time() - self._last_beat
+        if gap <= self.stale_after:
+            return False
+        self.stalled_for = gap
+        reason = f"tunnel stalled for {gap:.1f}s; dropped without starting the calls queued on it"
+        log.warning("tunnel with %s: %s", self.peer, reason)
+        self.close(reason)
+        return True
+
+    # -- calls ----------------------------------------------------------------------
 
     def on_unclaimed_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.StreamOpened):
+        if isinstance(event, ev.StreamOpened) and not self.closed:
             self._open_call(event)
+
+    def _refuse(self, stream_id: int, code: Code, details: str) -> None:
+        self.conn.reject_stream(stream_id, code, details)
+        self.flush()
 
     def _open_call(self, event: ev.StreamOpened) -> None:
         invocation = md.from_proto(event.headers, binary_base64=self.binary_base64)
         conn = self.conn
-        if self.authorize_call is not None:
-            refusal = self.authorize_call(self.tunnel_metadata, event.method)
-            if refusal is not None:
-                code, details = refusal
-                conn.reject_stream(event.stream_id, Code(code.value[0]), details)
-                self.flush()
-                return
-        handler = self.registry.lookup(event.method, invocation)
+        try:  # the hooks are the application's: what they raise fails this call only
+            refusal = (
+                None
+                if self.authorize_call is None
+                else self.authorize_call(self.tunnel_metadata, event.method)
+            )
+            handler = (
+                None if refusal is not None else self.registry.lookup(event.method, invocation)
+            )
+        except Exception as e:
+            log.exception("looking up the handler of %s raised", event.method)
+            self._refuse(event.stream_id, Code.INTERNAL, f"error looking up {event.method}: {e!r}")
+            return
+        if refusal is not None:
+            code, details = refusal
+            self._refuse(event.stream_id, Code(code.value[0]), details)
+            return
         if handler is None:
             service = event.method[1:].split("/", 1)[0]
             conn.reject_stream(
@@ -285,7 +376,8 @@ class ServerCall:
         self._loop = asyncio.get_running_loop()
         self._requests: deque[bytes] = deque()
         self._half_closed = False
-        self._waiter: asyncio.Future[None] | None = None
+        # set when a request arrives, or the requests end: wakes every reader waiting
+        self._request_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._finished = False
@@ -317,10 +409,10 @@ class ServerCall:
     def on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.MessageReceived):
             self._requests.append(event.data)
-            self._wake()
+            self._request_ready.set()
         elif isinstance(event, ev.HalfClosed):
             self._half_closed = True
-            self._wake()
+            self._request_ready.set()
         elif isinstance(event, ev.StreamCancelled):
             self._cancel("cancelled")
         elif isinstance(event, ev.StreamFailed):
@@ -328,11 +420,6 @@ class ServerCall:
 
     def on_tunnel_closed(self, reason: str) -> None:
         self._cancel("tunnel")
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -343,21 +430,23 @@ class ServerCall:
             return
         self._cancel_reason = reason
         self.context._mark_cancelled()
+        self._request_ready.set()  # readers in other tasks or threads stop waiting
         if self._task is not None:
             self._task.cancel()
 
     # -- requests -------------------------------------------------------------------
 
     async def read_request(self) -> Any:
-        """The next request message, or EOF once the caller half-closed."""
+        """The next request message, or EOF once the caller half-closed (or the call
+        is over). Raises ``CancelledError`` once the call was cancelled. Any number of
+        readers may wait at once (the handler's task, another task, a thread)."""
         while not self._requests:
-            if self._half_closed:
+            if self._cancel_reason is not None:
+                raise asyncio.CancelledError()
+            if self._half_closed or self._finished:
                 return EOF
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            self._request_ready.clear()
+            await self._request_ready.wait()
         data = self._requests.popleft()
         conn = self.session.conn
         conn.message_consumed(self.stream_id)
@@ -421,8 +510,10 @@ class ServerCall:
         ctx = self.context
         handler = self.handler
         try:
+            behavior = _behavior(handler)
+            sync = _is_sync(behavior)
             if handler.request_streaming:
-                requests: Any = self.request_iterator()
+                requests: Any = _SyncRequests(self) if sync else self.request_iterator()
             else:
                 requests = await self.read_request()
                 if requests is EOF:
@@ -431,8 +522,14 @@ class ServerCall:
                         "the call ended without its request message",
                     )
                     raise AbortError()
-            behavior = _behavior(handler)
-            result = behavior(requests, ctx)
+            session = self.session
+            if session.stall_check is not None and session.stall_check():
+                # this side stood still: the caller may have been told the call failed
+                raise asyncio.CancelledError()
+            if sync:
+                result = await self._run_in_thread(behavior, requests)
+            else:
+                result = behavior(requests, ctx)
             if handler.response_streaming:
                 if inspect.isasyncgen(result):
                     async for response in result:
@@ -471,6 +568,45 @@ class ServerCall:
         self._close(code, ctx._details, ctx._trailing)
         self._done()
 
+    async def _run_in_thread(self, behavior: Callable[..., Any], requests: Any) -> Any:
+        """Runs a synchronous method in the session's executor, as grpc.aio does, with a
+        :class:`SyncServicerContext`; a response iterator it returns is iterated there
+        too (each response written from the thread, waiting for flow control). Returns
+        what is left for the event loop: the response of a unary method, or an
+        awaitable or async iterator the method returned (None once it streamed)."""
+        context = SyncServicerContext(self.context)
+        streaming = self.handler.response_streaming
+
+        def call() -> Any:
+            result = behavior(requests, context)
+            if not streaming or result is None or _is_async_result(result):
+                return result
+            for response in result:
+                self.from_thread(self.write_response(response))
+            return None
+
+        executor = self.session.handler_executor or _default_executor()
+        return await self._loop.run_in_executor(executor, call)
+
+    def from_thread(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs ``coroutine`` on the call's event loop and waits for its result, from
+        a thread of the executor. A call cancelled meanwhile raises ``grpc.RpcError``
+        there, as a cancelled call does in a grpc server."""
+        loop = self._loop
+        if loop.is_closed():
+            coroutine.close()
+            raise grpc.RpcError("the event loop of the call is closed")
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        while True:
+            try:
+                return future.result(timeout=_THREAD_POLL)
+            except concurrent.futures.TimeoutError:
+                if loop.is_closed() or not loop.is_running():  # never to be answered
+                    future.cancel()
+                    raise grpc.RpcError("the event loop of the call stopped") from None
+            except (concurrent.futures.CancelledError, asyncio.CancelledError):
+                raise grpc.RpcError("the call was cancelled") from None
+
     def _close(
         self, code: grpc.StatusCode, details: str | None, trailers: md.MetadataPairs
     ) -> None:
@@ -486,9 +622,52 @@ class ServerCall:
 
     def _done(self) -> None:
         self._finished = True
+        self._request_ready.set()  # a reader still waiting (another task) gets EOF
         self.session.remove_listener(self.stream_id)
         self.session.release_writable(self.stream_id)
         self.context._run_callbacks()
+
+
+_THREAD_POLL = 1.0  # seconds a handler thread waits on the loop before checking it runs
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _default_executor() -> ThreadPoolExecutor:
+    """The pool that runs synchronous servicer methods when the options name none:
+    one per process, of ``min(32, CPUs + 4)`` threads (Python's default), created
+    when first needed."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(thread_name_prefix="grpctunnel-handler")
+        return _executor
+
+
+def _is_sync(behavior: Callable[..., Any]) -> bool:
+    """Whether a method is synchronous (run in a thread), as grpc.aio decides it."""
+    return not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior))
+
+
+def _is_async_result(result: Any) -> bool:
+    return inspect.isawaitable(result) or inspect.isasyncgen(result)
+
+
+class _SyncRequests(Iterator[Any]):
+    """The request iterator a synchronous request-streaming method gets: each
+    ``next()`` waits, in the method's thread, for the next request on the loop."""
+
+    def __init__(self, call: ServerCall) -> None:
+        self._call = call
+
+    def __iter__(self) -> _SyncRequests:
+        return self
+
+    def __next__(self) -> Any:
+        request = self._call.from_thread(self._call.read_request())
+        if request is EOF:
+            raise StopIteration
+        return request
 
 
 def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
@@ -628,11 +807,109 @@ class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
         self._callbacks.clear()
 
 
+class SyncServicerContext:
+    """What a synchronous servicer method, run in a thread, gets as its context: the
+    methods of grpc.aio's own context for such methods (those of a sync
+    ``grpc.ServicerContext`` that make sense here), each safe to call from the thread.
+
+    ``abort()`` and ``abort_with_status()`` raise, ending the method with that status;
+    ``send_initial_metadata()`` waits until the headers are queued on the loop;
+    ``set_code()``, ``set_details()``, ``set_trailing_metadata()`` take effect when the
+    method returns. ``is_active()`` turns False once the call is cancelled (deadline,
+    caller, lost tunnel): a thread cannot be interrupted, so a long method should look
+    at it; after that, reading a request or writing a response raises ``grpc.RpcError``.
+    ``add_callback(fn)`` calls ``fn()`` on the event loop when the call ends.
+    """
+
+    def __init__(self, context: TunnelServicerContext) -> None:
+        self._context = context
+        self._call = context._call
+
+    # the tunnel this call came through
+    def tunnel_metadata(self) -> md.MetadataPairs:
+        return self._context.tunnel_metadata()
+
+    def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        if code == grpc.StatusCode.OK:
+            log.error("abort() called with StatusCode.OK; returning UNKNOWN")
+            code = grpc.StatusCode.UNKNOWN
+        self._context._set_final(code, details)
+        if trailing_metadata:
+            self._context._trailing = tuple(trailing_metadata)
+        raise AbortError()
+
+    def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        self.abort(status.code, status.details, status.trailing_metadata)
+
+    def send_initial_metadata(self, initial_metadata: Any) -> None:
+        self._call.from_thread(self._context.send_initial_metadata(initial_metadata))
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._context.set_trailing_metadata(trailing_metadata)
+
+    def trailing_metadata(self) -> Any:
+        return self._context.trailing_metadata()
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
+    def code(self) -> grpc.StatusCode:
+        return self._context.code()
+
+    def details(self) -> str:
+        return self._context.details()
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        pass
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def peer_identities(self) -> Iterable[bytes] | None:
+        return None
+
+    def peer_identity_key(self) -> str | None:
+        return None
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
+        return {}
+
+    def time_remaining(self) -> float | None:
+        deadline = self._call.deadline
+        if deadline is None:
+            return None
+        return max(deadline - self._call._loop.time(), 0.0)  # the loop's clock, any thread
+
+    def is_active(self) -> bool:
+        return not (self._context.cancelled() or self._context.done())
+
+    def cancelled(self) -> bool:
+        return self._context.cancelled()
+
+    def add_callback(self, callback: Callable[[], Any]) -> bool:
+        self._call._loop.call_soon_threadsafe(
+            self._context.add_done_callback, lambda _context: callback()
+        )
+        return True
+
+
 __all__: Sequence[str] = [
     "ServerCall",
     "ServiceRegistrar",
     "ServiceRegistry",
     "ServingSession",
     "ServingStream",
+    "SyncServicerContext",
     "TunnelServicerContext",
 ]

@@ -69,7 +69,13 @@ class StreamListener(Protocol):
 
 
 class TunnelClosed(Exception):
-    """Why a session ended: ``code`` and ``details`` as the tunnel RPC should report."""
+    """Why a session ended: ``code`` and ``details`` as the tunnel RPC should report.
+
+    ``code`` is the real one: the status the tunnel RPC ended with when it failed
+    (ABORTED for a tunnel taken over, UNAUTHENTICATED for a refused credential, ...),
+    the one it was closed with from this side, INTERNAL for a bug in our own event
+    handling. The calls on the tunnel fail with UNAVAILABLE whatever it is (INTERNAL
+    for such a bug): see :attr:`Session.close_code`."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -102,6 +108,9 @@ class Session(Generic[Conn, In, Out]):
         self._listeners: dict[int, StreamListener] = {}
         self.closed = False
         self.close_reason = ""
+        # what the calls on the tunnel failed with when it ended: UNAVAILABLE, or
+        # INTERNAL when our own event handling broke
+        self.close_code = grpc.StatusCode.UNAVAILABLE
         self.error: TunnelClosed | None = None  # set when the tunnel ended abnormally
         self._wake = asyncio.Event()
         self._writable: dict[int, asyncio.Future[None]] = {}
@@ -225,8 +234,28 @@ class Session(Generic[Conn, In, Out]):
             self.error = TunnelClosed(_grpc_code(e.code), f"tunnel protocol error: {e.message}")
             log.warning("tunnel with %s ended: protocol error: %s", self.peer, e.message)
             reason = self.error.details
+        except EventHandlingError as e:  # a bug of ours: not a lost tunnel
+            cause = e.__cause__
+            log.error(
+                "tunnel with %s ended: error handling %s of stream %d",
+                self.peer,
+                type(e.event).__name__,
+                e.event.stream_id,
+                exc_info=cause,
+            )
+            self.error = TunnelClosed(
+                grpc.StatusCode.INTERNAL, f"internal error in the tunnel: {cause!r}"
+            )
+            reason = self.error.details
+            self._teardown(reason, grpc.StatusCode.INTERNAL)
         except grpc.aio.AioRpcError as e:
-            self.error = TunnelClosed(grpc.StatusCode.UNAVAILABLE, f"tunnel lost: {e.details()}")
+            # the RPC's own code travels on (ABORTED: taken over, UNAUTHENTICATED, ...);
+            # the calls on the tunnel still fail with UNAVAILABLE
+            code = e.code()
+            self.error = TunnelClosed(
+                grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
+                f"tunnel lost: {e.details()}",
+            )
             reason = self.error.details
         except asyncio.CancelledError:
             reason = "tunnel closed"
@@ -264,10 +293,13 @@ class Session(Generic[Conn, In, Out]):
         unbatch = conn.unbatch
         receive = conn.receive
         listeners = self.listeners
+        stalled = self.stall_check  # (serving side) frames read after a stall are dropped
         while True:
             frame: Any = await read()  # the connection's In frames (no type ties the two)
             if frame is EOF:
                 return
+            if stalled is not None and stalled():
+                return  # the tunnel was dropped: nothing read now is acted on
             for one in unbatch(frame):
                 while conn.output_backlogged:
                     await self.drain()
@@ -275,10 +307,13 @@ class Session(Generic[Conn, In, Out]):
                         return
                 for event in receive(one):
                     listener = listeners.get(event.stream_id)
-                    if listener is not None:
-                        listener.on_event(event)
-                    else:
-                        self.on_unclaimed_event(event)
+                    try:
+                        if listener is not None:
+                            listener.on_event(event)
+                        else:
+                            self.on_unclaimed_event(event)
+                    except Exception as e:
+                        raise EventHandlingError(event) from e
             if conn.wants_to_send():
                 self._wake.set()
 
@@ -314,11 +349,16 @@ class Session(Generic[Conn, In, Out]):
         """An event for a stream with no listener (overridden by the serving side,
         where StreamOpened creates the listener)."""
 
-    def _teardown(self, reason: str) -> None:
+    # whether frames read now must be dropped, the tunnel with them, because this
+    # process or its event loop was stalled (set by the serving side; None: never)
+    stall_check: Callable[[], bool] | None = None
+
+    def _teardown(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
+        self.close_code = code
         listeners = list(self._listeners.values())
         self._listeners.clear()
         for listener in listeners:
@@ -337,6 +377,15 @@ class Session(Generic[Conn, In, Out]):
         _resolve_all(self._drain_waiters)
         if not self._done.done():
             self._done.set_result(None)
+
+
+class EventHandlingError(Exception):
+    """A listener failed to handle an event of the connection: a bug in this library
+    (or in a hook it calls), which ends the tunnel with INTERNAL (see ``__cause__``)."""
+
+    def __init__(self, event: ev.Event) -> None:
+        super().__init__(f"error handling {type(event).__name__} of stream {event.stream_id}")
+        self.event = event
 
 
 def _resolve_all(futures: list[asyncio.Future[None]]) -> None:

@@ -106,7 +106,9 @@ class TunnelPair:
         tunnel_metadata: md.MetadataPairs = (),
         reverse: bool = False,
     ) -> None:
-        self.options = options or TunnelOptions()
+        # no peer of an in-memory tunnel gives up on it: a test stopped in a debugger
+        # must not find its tunnel dropped as stalled (see TunnelOptions.stale_after)
+        self.options = options or TunnelOptions(stale_after=None)
         self.extended = extended
         self.negotiate = negotiate
         self.tunnel_metadata = tunnel_metadata

@@ -143,6 +143,7 @@ def expose(
             server_credentials=security.credentials(),
             keepalive_interval=relay.keepalive_interval,
             keepalive_timeout=relay.keepalive_timeout,
+            establishment_timeout=relay.establishment_timeout,
             max_message_length=relay.max_message_length,
         )
         live: Live | None = None

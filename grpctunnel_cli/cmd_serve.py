@@ -240,6 +240,7 @@ def serve(
                 max_streams_per_tunnel=max_streams,
                 keepalive_interval=relay.keepalive_interval,
                 keepalive_timeout=relay.keepalive_timeout,
+                establishment_timeout=relay.establishment_timeout,
                 metrics_port=metrics.port,
                 metrics_host=metrics.host,
                 service_grace=service_grace,

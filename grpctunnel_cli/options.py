@@ -26,6 +26,7 @@ import typer
 
 from grpctunnel import keepalive
 from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
+from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT
 from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
 from grpctunnel_cli.security import TOKEN_ENV, ClientSecurity, client_security
 
@@ -307,6 +308,16 @@ class RelayOptions:
             rich_help_panel=KEEPALIVE,
         ),
     ] = keepalive.DEFAULT_TIMEOUT
+    establishment_timeout: Annotated[
+        float,
+        typer.Option(
+            "--establishment-timeout",
+            min=0.1,
+            metavar="SECONDS",
+            help="Time a tunnel may take to open (the peer's settings) before it is dropped.",
+            rich_help_panel=KEEPALIVE,
+        ),
+    ] = DEFAULT_ESTABLISHMENT_TIMEOUT
 
     @property
     def max_message_length(self) -> int:

@@ -32,12 +32,13 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
-from grpctunnel.gateway.announce import GATEWAY_ANSWERS, TAKEN_OVER, announce_metadata
+from grpctunnel.gateway.announce import GATEWAY_ANSWERS, announce_metadata
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.metrics import ExposerMetrics
 from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
-from grpctunnel.options import TunnelClientOptions
+from grpctunnel.metadata import MetadataPairs
+from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelClientOptions
 from grpctunnel.v1 import tunnel_pb2_grpc
 
 log = logging.getLogger("grpctunnel.gateway.exposer")
@@ -111,7 +112,10 @@ class ExposeConfig:
     exposer to the server (one per process unless given) and ``epoch`` orders it among
     the instances of its name: when it started, a newer one wins. ``max_message_length`` bounds
     each relayed message both ways (the backend connection's gRPC limits and the
-    tunnel's); None for no limit.
+    tunnel's); None for no limit. ``establishment_timeout`` is the tunnels' (see
+    ``TunnelOptions``); a tunnel whose process was frozen longer than the server may
+    wait for a keepalive answer (``keepalive_timeout``) is dropped without starting the
+    calls queued on it, since the server may have failed them already.
     """
 
     backend: str
@@ -131,6 +135,17 @@ class ExposeConfig:
     instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     epoch: int = field(default_factory=time.time_ns)
     max_message_length: int | None = 64 * 1024 * 1024
+    establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
+
+    def tunnel_options(self, metadata: MetadataPairs) -> TunnelClientOptions:
+        """The options of each tunnel, opened with ``metadata``."""
+        return TunnelClientOptions(
+            metadata=metadata,
+            max_receive_message_length=self.max_message_length,
+            max_send_message_length=self.max_message_length,
+            establishment_timeout=self.establishment_timeout,
+            stale_after=keepalive.stale_after(self.keepalive_timeout),
+        )
 
     @property
     def servers(self) -> list[str]:
@@ -340,11 +355,7 @@ class Exposer:
                         slot=index,
                         epoch=config.epoch,
                     )
-                    options = TunnelClientOptions(
-                        metadata=(*announce, *config.metadata),
-                        max_receive_message_length=config.max_message_length,
-                        max_send_message_length=config.max_message_length,
-                    )
+                    options = config.tunnel_options((*announce, *config.metadata))
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
                     rts = ReverseTunnelServer(stub, options)
                     rts.add_generic_rpc_handlers((self._housekeeping, self.proxy))
@@ -352,18 +363,16 @@ class Exposer:
                     self._up(index, services, server)
                     backoff.reset()
                     await tunnel.wait_closed()
-                    reason = (
-                        tunnel.error.details
-                        if tunnel.error is not None
-                        else "server closed the tunnel"
-                    )
+                    error = tunnel.error
+                    reason = error.details if error is not None else "server closed the tunnel"
                     self._down(f"tunnel {index + 1} lost: {reason}")
                     self._server_failed(turn)
-                    if TAKEN_OVER in reason:
+                    if error is not None and error.code == grpc.StatusCode.ABORTED:
+                        # the server fenced this instance off: a newer one has the name
                         raise ExposeError(
                             f"tunnel name {config.name!r} was taken over by another instance "
                             "using the same credential (a newer `expose` of the same name); "
-                            "this one stops"
+                            f"this one stops ({reason})"
                         )
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.ABORTED:  # fenced off: a newer one has the name

@@ -28,7 +28,7 @@ from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
 from grpctunnel.gateway.proxy import CallObserver
-from grpctunnel.options import TunnelServiceHandlerOptions
+from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelServiceHandlerOptions
 
 if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
     from grpctunnel.gateway.cluster import ClusterNode, ClusterSettings
@@ -56,6 +56,9 @@ class GatewaySettings:
     exposing it closed (see :mod:`grpctunnel.gateway.directory`). With ``cluster``, the
     gateway is one node of a cluster sharing one view through Redis (see
     :mod:`grpctunnel.gateway.cluster`; its ``advertise`` defaults to :attr:`address`).
+    ``establishment_timeout`` is how long a reverse tunnel may take to send its settings
+    (see ``TunnelOptions``); a forward tunnel whose serving side here was frozen longer
+    than ``keepalive_timeout`` is dropped without starting the calls queued on it.
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +71,7 @@ class GatewaySettings:
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
     observer: CallObserver | None = None
     service_grace: float = DEFAULT_SERVICE_GRACE
+    establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
     extra_server_options: list[tuple[str, int | str]] = field(default_factory=list)
     # Prometheus metrics at http://metrics_host:metrics_port/metrics (port 0: a free one;
     # None: none), from a registry of this server's own (see grpctunnel.gateway.metrics)
@@ -103,6 +107,8 @@ class GatewayServer:
                 max_receive_message_length=limit,
                 max_send_message_length=limit,
                 max_concurrent_streams=settings.max_streams_per_tunnel,
+                establishment_timeout=settings.establishment_timeout,
+                stale_after=keepalive.stale_after(settings.keepalive_timeout),
             ),
             authority=settings.authority,
             observer=settings.observer,
