@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel import rate_limited_log
 from grpctunnel.calls import CallingSession
 from grpctunnel.channel import TunnelChannel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
@@ -230,7 +231,15 @@ class TunnelServiceHandler(ServiceRegistrar):
         if refusal is not None:
             record.end()
             code, details = refusal
-            log.info("refused %s tunnel from %s: %s: %s", kind, opening.peer, code.name, details)
+            # rate-limited: whoever floods us with bad tunnels must not fill our disk
+            rate_limited_log.REFUSED_TUNNELS.log(
+                f"{code.name}: {details}",
+                "refused %s tunnel from %s: %s: %s",
+                kind,
+                opening.peer,
+                code.name,
+                details,
+            )
             await context.abort(code, details)
         self._records.add(record)
         return record

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel import rate_limited_log
 from grpctunnel.gateway.announce import ADMIN, HEALTH, TUNNEL_SERVICE
 from grpctunnel.gateway.reflection_client import REFLECTION_SERVICES
 from grpctunnel.options import TunnelServiceHandlerOptions
@@ -356,9 +357,15 @@ def judge(authority: TokenAuthority, details: grpc.HandlerCallDetails) -> Refusa
     refusal = check(authority, method, details.invocation_metadata)
     _decided.set((details, refusal))
     if refusal is not None:
-        # refused tunnels are worth an operator's attention; refused calls only in debug
-        level = logging.INFO if method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL) else logging.DEBUG
-        log.log(level, "refused %s: %s: %s", method, refusal[0].name, refusal[1])
+        # refused tunnels are worth an operator's attention (rate-limited: a flood of
+        # bad tunnels must not fill the disk); refused calls only in debug
+        code, why = refusal
+        if method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL):
+            rate_limited_log.REFUSED_TUNNELS.log(
+                f"{code.name}: {why}", "refused %s: %s: %s", method, code.name, why
+            )
+        else:
+            log.debug("refused %s: %s: %s", method, code.name, why)
     return refusal
 
 
