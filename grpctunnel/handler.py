@@ -27,7 +27,6 @@ import grpc
 
 from grpctunnel import metadata as md
 from grpctunnel import rate_limited_log
-from grpctunnel import rate_limited_log
 from grpctunnel.calls import CallingSession
 from grpctunnel.channel import TunnelChannel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
