@@ -155,11 +155,18 @@ class ExposeConfig:
         return list(dict.fromkeys(found))
 
     def backend_channel_options(self) -> list[tuple[str, Any]]:
+        """The backend connection's options: the message limits, and grpc's own
+        reconnection backoff held to ours (its default grows to 120 s, so a backend that
+        was down for a minute came back to callers only long after it listened)."""
         limit = -1 if self.max_message_length is None else self.max_message_length
+        initial_ms = max(1, int(self.backoff_initial * 1000))
         return [
             *self.channel_options,
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.initial_reconnect_backoff_ms", initial_ms),
+            ("grpc.min_reconnect_backoff_ms", initial_ms),
+            ("grpc.max_reconnect_backoff_ms", max(initial_ms, int(self.backoff_cap * 1000))),
         ]
 
     def server_channel_options(self) -> list[tuple[str, Any]]:
