@@ -372,7 +372,7 @@ async def relay_call(
         metadata=relayable(context.invocation_metadata(), drop_headers), timeout=timeout
     )
     first = FirstStatus(upstream)
-    pump = asyncio.ensure_future(_pump(requests, upstream))
+    pump = asyncio.ensure_future(_pump(requests, upstream, context))
     pump.add_done_callback(_pump_ended)
     try:
         await _relay_headers(context, await upstream.initial_metadata())
@@ -406,10 +406,26 @@ def _pump_ended(pump: asyncio.Future[None]) -> None:
         log.debug("request stream of a relayed call ended: %r", pump.exception())
 
 
-async def _pump(requests: AsyncIterator[bytes], upstream: Any) -> None:
+# loop turns a pump waits, once the caller's requests end, for news that the caller went
+# away to arrive before it tells the upstream that the requests are complete
+_CANCEL_NEWS_TURNS = 3
+
+
+async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> None:
+    """Writes the caller's requests upstream, then half-closes it. grpc.aio ends the
+    request stream of a caller that cancelled as it ends one that half-closed, with the
+    cancellation reaching the handler a moment later: a half-close sent in between would
+    tell the backend that a cancelled upload was complete. So the pump lets that moment
+    pass (the handler cancels the pump when the news comes) and cancels the upstream
+    call instead if the caller is gone."""
     try:
         async for message in requests:
             await upstream.write(message)
+        for _ in range(_CANCEL_NEWS_TURNS):
+            await asyncio.sleep(0)
+        if _caller_gone(context) or context.done():
+            upstream.cancel()
+            return
         await upstream.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the upstream call ended; its status is relayed
