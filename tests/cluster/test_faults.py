@@ -64,7 +64,7 @@ async def test_a_frozen_node_drops_out_of_the_view_and_comes_back(fleet: Fleet) 
     exposer = await fleet.expose(backend, "thaw", n3, n1, extra=keepalive)
     await routable(n2, "thaw", after=marks[1])
 
-    moved = exposer.mark()
+    moved, learnt = exposer.mark(), n2.mark()
     frozen_at = time.monotonic()
     n3.proc.signal(signal.SIGSTOP)
     await n2.proc.wait_for(LEFT.format(id=n3.id), after=marks[1], timeout=DROPPED_WITHIN)
@@ -73,6 +73,7 @@ async def test_a_frozen_node_drops_out_of_the_view_and_comes_back(fleet: Fleet) 
     assert TTL - TTL / 3 - 0.2 < dropped < DROPPED_WITHIN, dropped
     # the exposer's keepalive finds the frozen node; it moves to node 1
     await exposer.wait_for(rf"tunnel 1 connected to {re.escape(n1.address)}", after=moved)
+    await routable(n2, "thaw", after=learnt)  # node 2 has learnt where it went
     assert await _echo(n2, "moved") == "moved"
 
     back = n2.mark()
