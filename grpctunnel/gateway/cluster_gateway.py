@@ -182,7 +182,7 @@ class ClusterGateway(Gateway):
             self.directory.local_only = False
 
     def channel_for_service(self, service: str) -> grpc.aio.Channel | None:
-        exposed: Any = self.directory.route(service)
+        exposed: Any = self.directory.route(service, advance=False)
         return exposed.route.channel if exposed is not None else None
 
     def _no_route_details(self, service: str, pin: str | None) -> str:
@@ -205,7 +205,7 @@ class _LocalServices:
         return self._gateway.directory.exposed(local_only=True)
 
     def channel_for_service(self, service: str) -> grpc.aio.Channel | None:
-        exposed: Any = self._gateway.directory.route(service, local_only=True)
+        exposed: Any = self._gateway.directory.route(service, local_only=True, advance=False)
         return exposed.route.channel if exposed is not None else None
 
     def may_call(self, metadata: md.MetadataPairs, service: str) -> bool:

@@ -238,6 +238,8 @@ class ClusterView:
         self._lost: dict[str, tuple[float, str]] = {}  # service -> (when, what was lost)
         # told of every change of this node's own tunnels: (entry, None) or (None, id)
         self.on_local_change: Callable[[TunnelEntry | None, str | None], None] | None = None
+        if gateway.metrics is not None:
+            gateway.metrics.node_seen(node_id)
 
     # -- this node's own tunnels ------------------------------------------------------
 
@@ -285,6 +287,8 @@ class ClusterView:
             link = self._make_link(info)
             kinds = MethodKinds(_channel_of(self, link))
             peer = self.peers[info.id] = Peer(info, link, kinds)
+            if self.gateway.metrics is not None:
+                self.gateway.metrics.node_seen(info.id)
         return peer
 
     def _kinds_channel(self, link: PeerLink) -> grpc.aio.Channel:
@@ -327,6 +331,8 @@ class ClusterView:
         peer = self.peers.pop(node, None)
         if peer is None:
             return None
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.node_gone(node)
         peer.lost = len(peer.claims)
         now = time.monotonic()
         for entry_id in list(peer.entries):
@@ -424,7 +430,7 @@ class ClusterView:
             assert self.gateway.node_auth is not None
             hop = self.gateway.node_auth.hop_metadata()
             channel = peer.channels[entry.name] = HopChannel(peer.link, hop, entry.name)
-        route = Route(channel, peer.describe(), peer.kinds)
+        route = Route(channel, peer.describe(), peer.kinds, tunnel=entry.name, node=entry.node)
         return RemoteTunnel(entry.name, entry.node, route, peer.kinds)
 
     def _settle(self, entry: TunnelEntry) -> str | None:

@@ -503,6 +503,8 @@ class Gateway:
         if self.metrics is not None:
             kinds = route.kinds if route is not None else None
             self.metrics.call_ended(method, code, seconds, routed=route is not None, kinds=kinds)
+            if route is not None and route.node is not None:
+                self.metrics.call_relayed_to_node(code)
         if log.isEnabledFor(logging.DEBUG):
             tunnel = route.tunnel if route is not None else None
             log.debug(

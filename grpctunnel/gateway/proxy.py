@@ -58,13 +58,15 @@ class Route:
     is reported as "<name> unavailable: ..." so the caller learns which hop failed.
     ``kinds``, the method kinds learnt of this upstream, overrides the handler's.
     ``stats``, if given, counts the calls relayed along this route; ``tunnel`` names
-    the tunnel it goes through, for logs and metrics."""
+    the tunnel it goes through, for logs and metrics; ``node`` the cluster node the call
+    is relayed to (None: a tunnel of this node)."""
 
     channel: grpc.aio.Channel
     name: str | None = None
     kinds: MethodKinds | None = None
     stats: RelayStats | None = field(default=None, compare=False)
     tunnel: str | None = None
+    node: str | None = None
 
 
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]

@@ -196,3 +196,29 @@ async def _reflection_is_refused_too(node: Node, forged: tuple[tuple[str, str], 
                 timeout=10,
             )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_metrics_count_the_nodes_and_the_calls_relayed_to_them(fleet: Fleet) -> None:
+    """serve --metrics-port in a cluster: the nodes it sees, and the calls it relayed to
+    the node holding the tunnel, change by exactly what happened."""
+    from observability.stack import METRICS_AT, scrape
+
+    n1 = await fleet.node("--metrics-port", "0")
+    n2 = await fleet.node()
+    backend = await fleet.backend()
+    mark = n1.mark()
+    await fleet.expose(backend, "far", n2)
+    await routable(n1, "far", after=mark)
+    url = (await n1.proc.wait_for(METRICS_AT)).group(1)
+    before = await scrape(url)
+    assert before.get("grpctunnel_cluster_nodes") == 2
+    async with n1.channel() as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        for i in range(3):
+            reply = await stub.Echo(echo_pb2.EchoRequest(msg=f"m{i}"), timeout=10)
+            assert reply.msg == f"m{i}"
+    after = await scrape(url)
+    relayed = after.total("grpctunnel_cluster_relayed_calls_total", code="OK") - before.total(
+        "grpctunnel_cluster_relayed_calls_total", code="OK"
+    )
+    assert relayed == 3
