@@ -43,7 +43,8 @@ _DIRECTIONS = {
 class TunnelEntry:
     """One open tunnel as the admin service shows it. ``stats`` counts the calls relayed
     into it (reverse tunnels); ``active`` says how many calls are on it now when there
-    is no ``stats`` (forward tunnels); ``draining`` is set while it is being closed."""
+    is no ``stats`` (forward tunnels); ``draining`` is set while it is being closed.
+    ``node`` is the cluster node that holds it (None: this one)."""
 
     direction: str
     name: str
@@ -53,6 +54,7 @@ class TunnelEntry:
     active: Callable[[], int] | None = None
     opened_at: float = field(default_factory=time.time)
     draining: bool = False
+    node: str | None = None
     id: int = field(default_factory=itertools.count(1).__next__)
 
     def to_proto(self, node: str) -> admin_pb2.Tunnel:
@@ -67,7 +69,7 @@ class TunnelEntry:
             name=self.name,
             services=self.services,
             peer=self.peer,
-            node=node,
+            node=self.node or node,
             direction=_DIRECTIONS.get(self.direction, admin_pb2.DIRECTION_UNSPECIFIED),
             opened_at=opened,
             calls_in_flight=max(0, in_flight),

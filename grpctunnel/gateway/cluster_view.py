@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.gateway.admin import TunnelEntry as AdminEntry
 from grpctunnel.gateway.announce import (
     EPOCH_HEADER,
     INSTANCE_HEADER,
@@ -216,6 +217,7 @@ class Peer:
     aside: dict[str, str] = field(default_factory=dict)  # entries not applied, and why
     channels: dict[str, HopChannel] = field(default_factory=dict)  # by pinned name
     lost: int = 0  # routable tunnels it held when it was dropped
+    listed: dict[str, AdminEntry] = field(default_factory=dict)  # in the admin listing
 
     def describe(self) -> str:
         return f"node {self.info.id} ({self.info.advertise})"
@@ -240,6 +242,7 @@ class ClusterView:
         self.on_local_change: Callable[[TunnelEntry | None, str | None], None] | None = None
         if gateway.metrics is not None:
             gateway.metrics.node_seen(node_id)
+        gateway.admin.node = node_id  # listings name the node that holds each tunnel
 
     # -- this node's own tunnels ------------------------------------------------------
 
@@ -373,6 +376,12 @@ class ClusterView:
         claim = peer.claims.pop(entry_id, None)
         if claim is not None:
             self.gateway.directory.release(claim)
+        self._unlist(peer, entry_id, "tunnel closed")
+
+    def _unlist(self, peer: Peer, entry_id: str, reason: str) -> None:
+        listed = peer.listed.pop(entry_id, None)
+        if listed is not None:
+            self.gateway.admin.closed(listed, reason)
 
     def _set_aside(self, entry: TunnelEntry, why: str) -> None:
         peer = self.peers.get(entry.node)
@@ -381,6 +390,7 @@ class ClusterView:
         claim = peer.claims.pop(entry.id, None)
         if claim is not None:
             self.gateway.directory.release(claim)
+        self._unlist(peer, entry.id, why)
         if entry.id not in peer.aside:
             log.info(
                 "cluster: not routing to tunnel %r of %s: %s", entry.name, peer.describe(), why
@@ -411,6 +421,9 @@ class ClusterView:
         )
         holder.labels["claim"] = claim
         peer.claims[entry.id] = claim
+        listed = AdminEntry(entry.kind, entry.name, entry.services, peer.describe(), node=entry.node)
+        peer.listed[entry.id] = listed
+        self.gateway.admin.opened(listed)
         if entry.kind == "reverse" and entry.services:
             directory.publish(claim, cast(Any, self._remote_tunnel(peer, entry)))
             log.debug(

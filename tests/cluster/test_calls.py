@@ -222,3 +222,35 @@ async def test_metrics_count_the_nodes_and_the_calls_relayed_to_them(fleet: Flee
         "grpctunnel_cluster_relayed_calls_total", code="OK"
     )
     assert relayed == 3
+
+
+async def test_the_tunnel_listing_is_cluster_wide(fleet: Fleet) -> None:
+    """`grpctunnel tunnels` against any node lists every node's tunnels, each with the
+    node that holds it; a tunnel that closes leaves every listing."""
+    import json
+
+    n1, n2 = await fleet.nodes(2)
+    backend = await fleet.backend()
+    mark = n1.mark()
+    exposer = await fleet.expose(backend, "listed", n2)
+    await routable(n1, "listed", after=mark)
+
+    async def listing(node: Node) -> list[dict[str, Any]]:
+        process = await asyncio.create_subprocess_exec(
+            str(GRPCTUNNEL), "tunnels", "--json", "-s", node.address,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, err
+        return [json.loads(line) for line in out.decode().splitlines()]
+
+    for node in (n1, n2):
+        found = [t for t in await listing(node) if t["name"] == "listed"]
+        assert [t["node"] for t in found] == [n2.id], found
+        assert found[0]["services"] == [ECHO]
+    await exposer.kill()
+    for _ in range(50):  # bounded (each listing is a process); the view learns within 1 s
+        if not [t for t in await listing(n1) if t["name"] == "listed"]:
+            break
+    else:
+        raise AssertionError("the closed tunnel stayed in node 1's listing")
