@@ -38,6 +38,7 @@ if str(HERE) not in sys.path:
 
 import grpc  # noqa: E402
 from paths import grpctunnel_command, rss_bytes  # noqa: E402
+from profile_path import cpu_seconds  # noqa: E402
 
 FLEET_SERVICE = "grpctunnel.bench.v1.Fleet"
 METHOD = f"/{FLEET_SERVICE}/Ping"
@@ -94,8 +95,21 @@ async def _fleet(address: str, count: int) -> None:
 # -- the caller -----------------------------------------------------------------------------
 
 
+def _settle(pid: int, limit: float = 120.0) -> None:
+    """Waits (at most ``limit`` seconds) until process ``pid`` is nearly idle: what a
+    tunnel's first call sets going in the gateway (learning its backend's method kinds
+    and health, once per tunnel) has finished, so that the figures are those of a fleet
+    in its steady state."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            return
+
+
 async def _time_calls(
-    address: str, seconds: float, concurrency: int, tunnels: int, pinned: bool
+    address: str, seconds: float, concurrency: int, tunnels: int, pinned: bool, serve_pid: int
 ) -> dict[str, float]:
     channel = grpc.aio.insecure_channel(address)
     ping: Any = channel.unary_unary(METHOD)
@@ -119,6 +133,7 @@ async def _time_calls(
             await ping(b"", metadata=((PIN, f"dev-{i}"),), timeout=30)
 
     await asyncio.gather(*(first_call(i) for i in range(tunnels)))
+    await asyncio.to_thread(_settle, serve_pid)
     started = time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(*(caller() for _ in range(concurrency)))
@@ -168,8 +183,10 @@ def measure(tunnels: int, seconds: float, concurrency: int) -> dict[str, Any]:
             raise RuntimeError(f"fleet did not open its tunnels: {line!r}")
         open_seconds = float(found.group(1))
         after = rss_bytes(serve.pid)
-        unpinned = asyncio.run(_time_calls(address, seconds, concurrency, tunnels, False))
-        pinned = asyncio.run(_time_calls(address, seconds, concurrency, tunnels, True))
+        unpinned = asyncio.run(
+            _time_calls(address, seconds, concurrency, tunnels, False, serve.pid)
+        )
+        pinned = asyncio.run(_time_calls(address, seconds, concurrency, tunnels, True, serve.pid))
         return {
             "tunnels": tunnels,
             "open_seconds": open_seconds,
