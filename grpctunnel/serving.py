@@ -26,6 +26,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -60,7 +61,67 @@ CallAuthorizer = Callable[[md.MetadataPairs, str], "tuple[grpc.StatusCode, str] 
 ServingStream = FrameStream[tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient]
 T = TypeVar("T")
 
-_HEARTBEAT_MAX = 1.0  # seconds between two heartbeats of a serving session, at most
+_HEARTBEAT_MAX = 1.0  # seconds between two heartbeats of an event loop, at most
+
+
+class _LoopWatch:
+    """One heartbeat per event loop for all the serving sessions on it that watch for
+    stalls: it notes the time every so often, and a session compares the time now with
+    the last beat. One timer however many tunnels a process serves (a timer per session
+    cost an exposer of 10,000 tunnels a tenth of a core doing nothing). A beat that
+    comes late by more than a session's ``stale_after`` has that session check itself
+    before anything else runs."""
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.last_beat = loop.time()
+        self._sessions: set[ServingSession] = set()
+        self._thresholds: collections.Counter[float] = collections.Counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _LoopWatch:
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls(loop)
+        return watch
+
+    def add(self, session: ServingSession, stale_after: float) -> None:
+        if not self._sessions:
+            self.last_beat = self._loop.time()
+        self._sessions.add(session)
+        self._thresholds[stale_after] += 1
+        if self._timer is None:
+            self._schedule()
+
+    def remove(self, session: ServingSession, stale_after: float) -> None:
+        if session not in self._sessions:
+            return
+        self._sessions.discard(session)
+        self._thresholds[stale_after] -= 1
+        if not self._thresholds[stale_after]:
+            del self._thresholds[stale_after]
+        if not self._sessions and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self) -> None:
+        shortest = min(self._thresholds)
+        period = min(_HEARTBEAT_MAX, max(shortest / 4, 0.01))
+        self._timer = self._loop.call_later(period, self._beat)
+
+    def _beat(self) -> None:
+        self._timer = None
+        if self._thresholds and self._loop.time() - self.last_beat > min(self._thresholds):
+            for session in list(self._sessions):  # the loop stood still: each checks
+                session.stalled()
+        self.last_beat = self._loop.time()
+        if self._sessions:
+            self._schedule()
 
 
 class _CallDetails(
@@ -256,31 +317,21 @@ class ServingSession(
         self.stale_after = stale_after
         self.stalled_for: float | None = None  # the stall the tunnel was dropped for
         self._loop = asyncio.get_running_loop()
-        self._last_beat = self._loop.time()
-        self._heartbeat: asyncio.TimerHandle | None = None
+        self._watch = _LoopWatch.of(self._loop) if stale_after is not None else None
         if stale_after is not None:
             self.stall_check = self.stalled
 
     # -- stalls ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.stale_after is not None:
-            self._beat()
+        watch, stale_after = self._watch, self.stale_after
+        if watch is not None and stale_after is not None:
+            watch.add(self, stale_after)
         try:
             await super().run()
         finally:
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
-                self._heartbeat = None
-
-    def _beat(self) -> None:
-        self._heartbeat = None
-        if self.closed or self.stalled():
-            return
-        assert self.stale_after is not None
-        self._last_beat = self._loop.time()
-        period = min(_HEARTBEAT_MAX, max(self.stale_after / 4, 0.01))
-        self._heartbeat = self._loop.call_later(period, self._beat)
+            if watch is not None and stale_after is not None:
+                watch.remove(self, stale_after)
 
     def stalled(self) -> bool:
         """Whether the tunnel was dropped because this side stood still longer than
@@ -289,9 +340,9 @@ class ServingSession(
         cancels its handlers; nothing read after the stall is dispatched."""
         if self.stalled_for is not None:
             return True
-        if self.stale_after is None:
+        if self.stale_after is None or self._watch is None or self.closed:
             return False
-        gap = self._loop.time() - self._last_beat
+        gap = self._loop.time() - self._watch.last_beat
         if gap <= self.stale_after:
             return False
         self.stalled_for = gap
