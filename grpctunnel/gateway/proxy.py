@@ -408,9 +408,11 @@ def _pump_ended(pump: asyncio.Future[None]) -> None:
         log.debug("request stream of a relayed call ended: %r", pump.exception())
 
 
-# loop turns a pump waits, once the caller's requests end, for news that the caller went
-# away to arrive before it tells the upstream that the requests are complete
-_CANCEL_NEWS_TURNS = 3
+# how long a pump waits, once the caller's requests end, for news that the caller went
+# away to arrive before it tells the upstream that the requests are complete: some loop
+# turns, then a short time (grpc.aio gives no sign of a half-close, only of a cancel)
+_CANCEL_NEWS_TURNS = 10
+_CANCEL_NEWS_SECONDS = 0.002
 
 
 async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> None:
@@ -425,6 +427,7 @@ async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> 
             await upstream.write(message)
         for _ in range(_CANCEL_NEWS_TURNS):
             await asyncio.sleep(0)
+        await asyncio.sleep(_CANCEL_NEWS_SECONDS)  # the handler cancels the pump if gone
         if _caller_gone(context) or context.done():
             upstream.cancel()
             return

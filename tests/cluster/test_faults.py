@@ -41,10 +41,11 @@ async def test_the_exposer_moves_when_its_node_is_killed(fleet: Fleet) -> None:
     await routable(n2, "mover", after=marks[1])
     assert await _echo(n1, "before") == "before"
 
-    moved = exposer.mark()
+    moved, opened = exposer.mark(), n1.mark()
     killed_at = time.monotonic()
     await n3.proc.kill()
     await exposer.wait_for(rf"tunnel 1 connected to {re.escape(n1.address)}", after=moved)
+    await routable(n1, "mover", after=opened)  # admitted by node 1, not only dialled
     assert await _echo(n1, "after") == "after"  # the tunnel is node 1's own now
     recovered = time.monotonic() - killed_at
     # the exposer's first retry goes to node 1, after at most --max-backoff 1
