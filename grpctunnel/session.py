@@ -99,7 +99,6 @@ class Session(Generic[Conn, In, Out]):
         max_send_message_length: int | None = None,
     ) -> None:
         self.stream: FrameStream[In, Out] = stream
-        self.batch_frames = opening.batches
         self.conn: Conn = conn
         self.peer = opening.peer
         self.tunnel_metadata = opening.metadata
