@@ -18,7 +18,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert generated, "the generator wrote nothing"
-    stale = [str(rel) for rel in generated if (ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()]
+    stale = [
+        str(rel) for rel in generated if (ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()
+    ]
     assert not stale, f"regenerate with `python scripts/gen_protos.py`: stale {stale}"
 
 

@@ -48,7 +48,12 @@ def test_the_package_init_imports_nothing_above_the_library() -> None:
         node.module
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module is not None
-    ] + [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    ] + [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
     assert [m for m in imported if m.startswith(ABOVE_THE_LIBRARY)] == []
 
 

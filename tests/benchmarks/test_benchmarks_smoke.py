@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.processes import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
@@ -37,6 +38,7 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--smoke", "--json", str(out)],
         cwd=ROOT,
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=170,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_reflection.v1alpha import reflection
+from support.processes import clean_env
 
 from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
@@ -33,11 +33,7 @@ class Result:
 
 
 def cli_env(server: str | None = None, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("GRPCTUNNEL_SERVER", "GRPCTUNNEL_TOKEN", "FORCE_COLOR")
-    }
+    env = clean_env()
     if server is not None:
         env["GRPCTUNNEL_SERVER"] = server
     env.update(extra)

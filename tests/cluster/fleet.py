@@ -5,7 +5,6 @@ serve --cluster` nodes, a demo backend, `expose`; each read line by line as it p
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.processes import Proc
+from support.processes import Proc, clean_env
 
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
 LISTENING = r"tunnel server listening on (127\.0\.0\.1:\d+)"
@@ -34,14 +33,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """A child's environment: no server, token or colors inherited from ours."""
-    dropped = ("GRPCTUNNEL_SERVER", "GRPCTUNNEL_TOKEN", "GRPCTUNNEL_CLUSTER_TOKEN", "FORCE_COLOR")
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(extra)
-    return env
 
 
 @dataclass

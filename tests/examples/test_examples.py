@@ -11,7 +11,6 @@ with nothing on stderr that looks like a traceback.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import re
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.processes import clean_env
 
 from grpctunnel import PendingChannel, TunnelServiceStub
 
@@ -61,7 +61,7 @@ class Example:
         self.proc = subprocess.Popen(
             [sys.executable, script, *args],
             cwd=folder,
-            env={**os.environ, "PYTHONIOENCODING": "utf-8", **env},
+            env=clean_env(PYTHONIOENCODING="utf-8", **env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -152,7 +152,7 @@ def run_client(folder: Path, *args: str, port: int) -> subprocess.CompletedProce
     return subprocess.run(
         [sys.executable, "client.py", *args],
         cwd=folder,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8", "GRPCTUNNEL_EXAMPLE_PORT": str(port)},
+        env=clean_env(PYTHONIOENCODING="utf-8", GRPCTUNNEL_EXAMPLE_PORT=str(port)),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -363,7 +363,7 @@ def test_page_snippets_work_as_written() -> None:
     result = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("page_snippets.py"))],
         cwd=REVERSE,
-        env={**os.environ, "PYTHONPATH": str(REVERSE)},
+        env=clean_env(PYTHONPATH=str(REVERSE)),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

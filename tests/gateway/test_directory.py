@@ -150,7 +150,9 @@ _ACTIONS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(_ACTIONS)
-def test_ownership_invariants_hold_for_any_sequence(actions: list[tuple[str, int, str, int]]) -> None:
+def test_ownership_invariants_hold_for_any_sequence(
+    actions: list[tuple[str, int, str, int]],
+) -> None:
     """Whatever opens and closes in whatever order: every live tunnel of a service shares
     it with its owner, routing only returns such tunnels, and once everything has closed
     and the grace has passed the directory holds nothing."""

@@ -58,9 +58,7 @@ async def test_another_credential_cannot_take_an_owned_service(
     impostor = await run_cli(
         "expose", impostor_backend, "--to", address, "--name", "device-17", "--token", "t-device"
     )
-    assert_failure(
-        impostor, 1, f"PERMISSION_DENIED: service {ECHO} belongs to another credential"
-    )
+    assert_failure(impostor, 1, f"PERMISSION_DENIED: service {ECHO} belongs to another credential")
     assert proc.count(r"tunnel opened: device-17", after=mark) == 0, proc.output
     await proc.wait_for(rf"refused reverse tunnel from .*service {ECHO} belongs", after=mark)
 

@@ -5,27 +5,15 @@ a test started killed when it ends."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import sys
 from pathlib import Path
 
-from support.processes import Proc
+from support.processes import Proc, clean_env
 
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
 LISTENING = r"tunnel server listening on (127\.0\.0\.1:\d+)"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: no server, token or colors inherited from ours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("GRPCTUNNEL_SERVER", "GRPCTUNNEL_TOKEN", "FORCE_COLOR")
-    }
-    env.update(extra)
-    return env
 
 
 def free_port() -> int:

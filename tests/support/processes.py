@@ -4,11 +4,31 @@ line to appear, count lines, signal, stop, kill, read its memory."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal as signals
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# What a child never inherits from the test run: our server, tokens and colors, and asyncio's
+# debug mode (the children run as a user runs them; debug mode's slow-callback warnings
+# would be output no user sees).
+NOT_INHERITED = (
+    "GRPCTUNNEL_SERVER",
+    "GRPCTUNNEL_TOKEN",
+    "GRPCTUNNEL_CLUSTER_TOKEN",
+    "FORCE_COLOR",
+    "PYTHONASYNCIODEBUG",
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: ours, less what it must not inherit, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env.update(extra)
+    return env
+
 
 READY_TIMEOUT = 20.0  # a process saying what it is waiting for to be said
 EXIT_TIMEOUT = 20.0  # a process asked to stop, stopping
