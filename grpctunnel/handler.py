@@ -30,7 +30,7 @@ from grpctunnel import rate_limited_log
 from grpctunnel.calls import CallingSession
 from grpctunnel.channel import TunnelChannel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
-from grpctunnel.options import TunnelServiceHandlerOptions
+from grpctunnel.options import TunnelOptions, TunnelServiceHandlerOptions
 from grpctunnel.reverse import ReversePool, ReverseTunnel
 from grpctunnel.serving import ServiceRegistrar, ServingSession
 from grpctunnel.session import TunnelClosed
@@ -52,6 +52,8 @@ class TunnelRecord:
 
     ``kind`` is "forward" or "reverse"; ``metadata`` what the tunnel was opened with;
     ``labels`` is free for hooks to remember things about the tunnel (who opened it).
+    ``options``, when an admission hook sets it, are the options this one tunnel runs
+    with in place of the handler's (a tunnel from a trusted peer with other limits).
     """
 
     def __init__(self, kind: str, metadata: md.MetadataPairs, peer: str) -> None:
@@ -59,6 +61,7 @@ class TunnelRecord:
         self.metadata = metadata
         self.peer = peer
         self.labels: dict[str, Any] = {}
+        self.options: TunnelOptions | None = None
         self.session: CallingSession | ServingSession | None = None
         self.pending_close: tuple[grpc.StatusCode, str] | None = None
         self._end_callbacks: list[Callable[[TunnelRecord], None]] = []
@@ -272,7 +275,11 @@ class TunnelServiceHandler(ServiceRegistrar):
         opts = self.options
         await context.send_initial_metadata(md.tunnel_open_headers())
         session = serving_session(
-            context, opening, opts, self.registry, authorize_call=opts.authorize_call
+            context,
+            opening,
+            record.options or opts,
+            self.registry,
+            authorize_call=opts.authorize_call,
         )
         await self._start_session(context, record, session)
         self._forward.add(session)
@@ -300,7 +307,7 @@ class TunnelServiceHandler(ServiceRegistrar):
         self, context: ReverseContext, record: TunnelRecord, opening: TunnelOpening
     ) -> None:
         await context.send_initial_metadata(md.tunnel_open_headers())
-        session = calling_session(context, opening, self.options)
+        session = calling_session(context, opening, record.options or self.options)
         await self._start_session(context, record, session)
         tunnel = ReverseTunnel(session, record)
         run = asyncio.ensure_future(session.run())

@@ -138,7 +138,7 @@ def serve(
             min=1,
             metavar="N",
             help="Calls one forward tunnel may have in progress at once; beyond, "
-            "RESOURCE_EXHAUSTED.",
+            "RESOURCE_EXHAUSTED. The tunnels between cluster nodes have no such cap.",
             rich_help_panel=LIMITS,
         ),
     ] = DEFAULT_MAX_STREAMS_PER_TUNNEL,

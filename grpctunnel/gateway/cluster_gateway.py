@@ -23,6 +23,7 @@ A gateway without a cluster is the plain :class:`~grpctunnel.gateway.Gateway`, u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -100,6 +101,11 @@ class ClusterGateway(Gateway):
             if record.kind != "forward":
                 return grpc.StatusCode.PERMISSION_DENIED, "a node opens only forward tunnels"
             record.labels["node"] = node
+            # One node-to-node tunnel carries the calls of all the peer's callers for
+            # this node's tunnels: each of those callers, had it dialled this node,
+            # would have had no per-tunnel cap, so neither has their tunnel (the
+            # receiving tunnels keep their own caps).
+            record.options = dataclasses.replace(self.handler.options, max_concurrent_streams=None)
             return None
         if record.kind == "reverse":
             self._make_way(record)

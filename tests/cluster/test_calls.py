@@ -254,3 +254,45 @@ async def test_the_tunnel_listing_is_cluster_wide(fleet: Fleet) -> None:
             break
     else:
         raise AssertionError("the closed tunnel stayed in node 1's listing")
+
+
+async def test_the_node_hop_is_not_capped_by_the_per_tunnel_limit(fleet: Fleet) -> None:
+    """`--max-streams-per-tunnel` caps one exposer's or device's forward tunnel; the one
+    tunnel between two nodes carries the calls of all of a node's callers, so it is not
+    held to that cap: six calls in progress at once through node 1 to node 2's backend,
+    with a cap of two per tunnel, all succeed."""
+    n1, n2 = await fleet.nodes(2, "--max-streams-per-tunnel", "2")
+    backend = await fleet.backend()
+    mark = n1.mark()
+    await fleet.expose(backend, "capped", n2)
+    await routable(n1, "capped", after=mark)
+
+    async with n1.channel() as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        chats = [stub.Chat(timeout=20) for _ in range(6)]
+        # every chat is in progress at once: each has answered its first message
+        for i, chat in enumerate(chats):
+            await chat.write(echo_pb2.EchoRequest(msg=f"open {i}"))
+            assert (await chat.read()).msg == f"open {i}"
+        for chat in chats:
+            await chat.done_writing()
+        assert [await chat.code() for chat in chats] == [grpc.StatusCode.OK] * 6
+
+    # the cap still holds for a forward tunnel a client opens
+    async with n1.channel() as raw:
+        tunnel = await PendingChannel(TunnelServiceStub(raw)).start(timeout=10)
+        try:
+            stub = echo_pb2_grpc.EchoStub(tunnel)
+            held = [stub.Chat(timeout=20) for _ in range(3)]
+            outcomes: list[object] = []
+            for i, chat in enumerate(held):
+                try:
+                    await chat.write(echo_pb2.EchoRequest(msg=f"f{i}"))
+                    outcomes.append((await chat.read()).msg)
+                except grpc.aio.AioRpcError as e:
+                    outcomes.append(e.code())
+            assert outcomes == ["f0", "f1", grpc.StatusCode.RESOURCE_EXHAUSTED]
+            for chat in held:
+                chat.cancel()
+        finally:
+            await tunnel.close()
