@@ -13,8 +13,10 @@ What is kept in Redis (``P`` is :attr:`ClusterSettings.prefix`, ``N`` a node id)
     P:node:N       a hash: "~node" (id, address, start time as JSON), "~v" (the version
                    of the node's state), and one field per tunnel: entry id -> JSON
                    (name, services, owning credential, exposer instance, slot, when)
+                   and one field "~grace:S" per service S whose last tunnel on the
+                   node closed less than a grace period ago (its owner, and until when)
     P:events       a pub/sub channel: each change of a node's state, with its version
-                   ({"node", "v", "op": "put" | "del" | "reset" | "bye", ...})
+                   ({"node", "v", "op": "put" | "del" | "grace" | "reset" | "bye", ...})
 
 A node writes only its own keys, each change in one transaction with its message; the
 others apply a message when its version follows the last one they applied of that
@@ -52,7 +54,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from grpctunnel.gateway.cluster_link import DEFAULT_CONNECT_TIMEOUT, PeerLink
-from grpctunnel.gateway.cluster_view import BadEntry, ClusterView, NodeInfo, TunnelEntry
+from grpctunnel.gateway.cluster_view import (
+    BadEntry,
+    ClusterView,
+    NodeInfo,
+    ServiceGrace,
+    TunnelEntry,
+)
 from grpctunnel.options import TunnelClientOptions
 
 log = logging.getLogger("grpctunnel")
@@ -63,6 +71,7 @@ DEFAULT_PREFIX = "grpctunnel"
 
 _VERSION = "~v"
 _NODE = "~node"
+_GRACE = "~grace:"
 _REDIS_TIMEOUT = 1.0  # seconds for one Redis command (a stuck Redis counts as down)
 _STOP_TIMEOUT = 1.0  # seconds to say goodbye when leaving
 
@@ -135,7 +144,7 @@ class ClusterNode:
         self._events = f"{p}:events"
         self._prefix = p
         self._version = 0
-        self._pending: list[tuple[str, TunnelEntry | str, int]] = []
+        self._pending: list[tuple[str, TunnelEntry | ServiceGrace | str, int]] = []
         self._wake = asyncio.Event()
         self._republish = True  # the whole state must be written (joined, or recovered)
         self._reachable: bool | None = None  # None: not tried yet
@@ -147,6 +156,7 @@ class ClusterNode:
         self._stopping = False
         self.joined = asyncio.Event()
         view.on_local_change = self._local_change
+        view.on_local_grace = self._local_grace
 
     # -- keys -------------------------------------------------------------------------
 
@@ -296,6 +306,11 @@ class ClusterNode:
             self._pending.append(("del", removed, self._version))
         self._wake.set()
 
+    def _local_grace(self, grace: ServiceGrace) -> None:
+        self._version += 1
+        self._pending.append(("grace", grace, self._version))
+        self._wake.set()
+
     async def _write_forever(self) -> None:
         while True:
             await self._wake.wait()
@@ -322,6 +337,10 @@ class ClusterNode:
             if isinstance(what, TunnelEntry):
                 pipe.hset(key, mapping={what.id: what.to_json(), _VERSION: version})
                 message = {"node": self.node_id, "v": version, "op": op, "entry": what.to_json()}
+            elif isinstance(what, ServiceGrace):
+                field = _GRACE + what.service
+                pipe.hset(key, mapping={field: what.to_json(), _VERSION: version})
+                message = {"node": self.node_id, "v": version, "op": op, "grace": what.to_json()}
             else:
                 pipe.hdel(key, what)
                 pipe.hset(key, _VERSION, version)
@@ -340,6 +359,7 @@ class ClusterNode:
         entries = self.view.local_entries()
         key = self._state(self.node_id)
         mapping: dict[Any, Any] = {e.id: e.to_json() for e in entries}
+        mapping.update({_GRACE + g.service: g.to_json() for g in self.view.local_graces()})
         mapping[_NODE] = self.info.to_json()
         mapping[_VERSION] = self._version
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
@@ -364,6 +384,9 @@ class ClusterNode:
         pipe.sadd(self._nodes_key, self.node_id)
         for peer in peers:
             pipe.exists(self._alive(peer))
+        expired = [_GRACE + service for service in self.view.expired_graces()]
+        if expired:
+            pipe.hdel(self._state(self.node_id), *expired)
         results = await pipe.execute()
         recovered = self._reached()
         if results[0] is None and self.joined.is_set():
@@ -379,7 +402,7 @@ class ClusterNode:
         if recovered and self._reachable_since != float("-inf"):
             await self._resync_all()
         if self._settled():
-            for peer, alive in zip(peers, results[3:], strict=True):
+            for peer, alive in zip(peers, results[3 : 3 + len(peers)], strict=True):
                 if not alive:
                     await self._drop(
                         peer, f"sent no heartbeat for {self.settings.heartbeat_ttl:g}s"
@@ -451,13 +474,15 @@ class ClusterNode:
             info = NodeInfo.from_json(state[_NODE])
             version = int(state[_VERSION])
             entries = [TunnelEntry.from_json(v) for k, v in state.items() if not k.startswith("~")]
+            graces = [ServiceGrace.from_json(v) for k, v in state.items() if k.startswith(_GRACE)]
         except (BadEntry, ValueError) as e:
             log.warning("cluster: ignoring the state of node %s: %s", node, e)
             return
         if info.id != node:
             return
         new = node not in self.view.peers
-        self.view.replace(info, version, entries)
+        if self.view.replace(info, version, entries):
+            self.view.reserve(graces, node, None)
         if new:
             log.info(
                 "cluster: node %s (%s) appeared, with %d tunnels",
@@ -500,7 +525,7 @@ class ClusterNode:
             self._spawn(self._drop(node, "left the cluster"))
             return
         peer = self.view.peers.get(node)
-        if op not in ("put", "del") or peer is None or version != peer.version + 1:
+        if op not in ("put", "del", "grace") or peer is None or version != peer.version + 1:
             if peer is None or version > peer.version:
                 self._spawn(self._resync(node))
             return
@@ -510,6 +535,8 @@ class ClusterNode:
                 if entry.node != node:
                     return
                 self.view.put(node, version, entry)
+            elif op == "grace":
+                self.view.reserve([ServiceGrace.from_json(message["grace"])], node, version)
             else:
                 self.view.delete(node, version, str(message["id"]))
         except (BadEntry, KeyError) as e:

@@ -165,6 +165,41 @@ class NodeInfo:
             raise BadEntry(f"malformed node record: {e!r}") from None
 
 
+@dataclass(frozen=True)
+class ServiceGrace:
+    """A service whose last tunnel on some node closed: it stays its owner's until
+    ``until`` (seconds since the Unix epoch), on every node, late joiners included."""
+
+    service: str
+    owner: Owner
+    until: float
+
+    def to_json(self) -> str:
+        listed = self.owner.listed
+        return json.dumps(
+            {
+                "service": self.service,
+                "credential": self.owner.credential,
+                "group": self.owner.group,
+                "listed": sorted(listed) if listed is not None else None,
+                "until": self.until,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ServiceGrace:
+        try:
+            data = json.loads(text)
+            listed = data["listed"]
+            if listed is not None:
+                listed = frozenset(_str(s) for s in listed)
+            owner = Owner(_opt_str(data["credential"]), _opt_str(data["group"]), listed)
+            return cls(_str(data["service"]), owner, float(data["until"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadEntry(f"malformed grace record: {e!r}") from None
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, not {value!r}")
@@ -240,6 +275,10 @@ class ClusterView:
         self._lost: dict[str, tuple[float, str]] = {}  # service -> (when, what was lost)
         # told of every change of this node's own tunnels: (entry, None) or (None, id)
         self.on_local_change: Callable[[TunnelEntry | None, str | None], None] | None = None
+        # told of each grace period the end of one of this node's tunnels started
+        self.on_local_grace: Callable[[ServiceGrace], None] | None = None
+        self._graces: dict[str, ServiceGrace] = {}  # this node's, by service
+        gateway.directory.on_grace = self._local_grace
         if gateway.metrics is not None:
             gateway.metrics.node_seen(node_id)
         gateway.admin.node = node_id  # listings name the node that holds each tunnel
@@ -281,7 +320,35 @@ class ClusterView:
         if entry is not None and self.on_local_change is not None:
             self.on_local_change(None, entry.id)
 
+    def _local_grace(self, service: str, owner: Owner) -> None:
+        grace = ServiceGrace(service, owner, time.time() + self.gateway.directory.service_grace)
+        self._graces[service] = grace
+        if self.on_local_grace is not None:
+            self.on_local_grace(grace)
+
+    def local_graces(self) -> list[ServiceGrace]:
+        """The grace periods this node started that are not over yet."""
+        now = time.time()
+        return [g for g in self._graces.values() if g.until > now]
+
+    def expired_graces(self) -> list[str]:
+        """Forgets, and returns, the services whose grace period here is over."""
+        now = time.time()
+        over = [service for service, g in self._graces.items() if g.until <= now]
+        for service in over:
+            del self._graces[service]
+        return over
+
     # -- the other nodes --------------------------------------------------------------
+
+    def reserve(self, graces: Iterable[ServiceGrace], node: str, version: int | None) -> None:
+        """Applies grace periods another node started (read with its state, or one
+        published at ``version``)."""
+        now = time.time()
+        for grace in graces:
+            self.gateway.directory.reserve(grace.service, grace.owner, grace.until - now)
+        if version is not None:
+            self.peers[node].version = version
 
     def node_seen(self, info: NodeInfo) -> Peer:
         """The peer of ``info``, added to the view if it is new."""
@@ -421,7 +488,9 @@ class ClusterView:
         )
         holder.labels["claim"] = claim
         peer.claims[entry.id] = claim
-        listed = AdminEntry(entry.kind, entry.name, entry.services, peer.describe(), node=entry.node)
+        listed = AdminEntry(
+            entry.kind, entry.name, entry.services, peer.describe(), node=entry.node
+        )
         peer.listed[entry.id] = listed
         self.gateway.admin.opened(listed)
         if entry.kind == "reverse" and entry.services:
@@ -542,5 +611,6 @@ __all__ = [
     "Peer",
     "RemoteHolder",
     "RemoteTunnel",
+    "ServiceGrace",
     "TunnelEntry",
 ]

@@ -127,6 +127,9 @@ class TunnelDirectory(Generic[T]):
         # while set, routing keeps to this gateway's own tunnels (a cluster node sets it
         # while it routes a call another node relayed to it)
         self.local_only = False
+        # told of each grace period that the end of one of this gateway's own tunnels
+        # started (a cluster node shares them with nodes that join later)
+        self.on_grace: Callable[[str, Owner], None] | None = None
 
     # -- admission ------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class TunnelDirectory(Generic[T]):
             return
         claim.released = True
         now = self._clock()
+        graced: list[str] = []
         for service in claim.services:
             state = self._services.get(service)
             if state is None:
@@ -222,6 +226,10 @@ class TunnelDirectory(Generic[T]):
             if state.claims == 0:
                 state.released_at = now
                 self._graces.append((now, service))
+                graced.append(service)
+        if claim.node is None and self.on_grace is not None:
+            for service in graced:
+                self.on_grace(service, self._services[service].owner)
         claim.tunnel = None
         if claim.name:
             holders = self._names.get(claim.name, [])
@@ -341,6 +349,16 @@ class TunnelDirectory(Generic[T]):
         state = self._services.get(service)
         if state is not None and state.claims == 0:
             del self._services[service]
+
+    def reserve(self, service: str, owner: Owner, remaining: float) -> None:
+        """Keeps ``service`` for ``owner`` for ``remaining`` more seconds of a grace
+        period started elsewhere (on another cluster node), unless it is owned now."""
+        now = self._clock()
+        if remaining <= 0 or self._owned(service, now) is not None:
+            return
+        released_at = now - max(0.0, self.service_grace - remaining)
+        self._services[service] = _Service(owner, released_at=released_at)
+        self._graces.append((now, service))
 
     def owner_of(self, service: str) -> Owner | None:
         """Who owns ``service`` now (within its grace period too), or None."""

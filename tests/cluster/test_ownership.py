@@ -89,3 +89,34 @@ async def test_names_services_and_limits_hold_across_nodes(fleet: Fleet, tmp_pat
     refused = await _cli("call", "-s", n2.address, "Echo/Echo", '{"msg":"x"}')
     assert refused[0] == 64 + 16, refused  # UNAUTHENTICATED
     no_traceback(n1.proc, n2.proc, owner, limited)
+
+
+async def test_a_node_that_joins_late_knows_the_grace_periods(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A service whose owner's last tunnel closed stays the owner's for the grace period
+    on every node, a node that joined after the tunnel closed included: another
+    credential cannot take it there, the owner can."""
+    tokens = _tokens(tmp_path / "tokens.json")
+    grace = ("--token-file", tokens, "--service-grace", "120")
+    (n1,) = await fleet.nodes(1, *grace)
+    backend, other = await asyncio.gather(fleet.backend(), fleet.backend())
+    owner = await fleet.expose(backend, "billing", n1, extra=("--token", "t-billing"))
+    await owner.kill()  # the grace period for Echo starts on node 1
+
+    # node 2 joins after that, and has read the whole view once it sees a tunnel that
+    # opened on node 1 before it joined
+    await fleet.expose(
+        other, "device-1", n1, extra=("--token", "t-device", "--service", "acme.v1.Device")
+    )
+    n2 = await fleet.node(*grace)
+    await routable(n2, "device-1")
+
+    impostor = await _cli(
+        "expose", other, "--to", n2.address, "--name", "device-2", "--token", "t-device"
+    )
+    assert impostor[0] == 1, impostor
+    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor[2]
+    # the owner gets its service back on the new node
+    await fleet.expose(backend, "billing", n2, extra=("--token", "t-billing"))
+    no_traceback(n1.proc, n2.proc)

@@ -72,6 +72,36 @@ def test_after_the_grace_period_anyone_may_claim_the_service() -> None:
         d.check(BILLING, "billing", [LEDGER])
 
 
+def test_a_grace_period_started_elsewhere_holds_for_what_is_left_of_it() -> None:
+    clock = Clock()
+    d: TunnelDirectory[str] = TunnelDirectory(service_grace=30, clock=clock)
+    d.reserve(LEDGER, BILLING, 10.0)  # another node's grace, 10 s left of it
+    assert d.owner_of(LEDGER) == BILLING and not d.serves(LEDGER)
+    with pytest.raises(Refused):
+        d.check(DEVICE, "device-17", [LEDGER])
+    d.reserve(LEDGER, DEVICE, 30.0)  # owned now: a second reservation changes nothing
+    assert d.owner_of(LEDGER) == BILLING
+    clock.now += 10
+    assert d.owner_of(LEDGER) is None
+    d.reserve(LEDGER, DEVICE, 0.0)  # a grace that is over reserves nothing
+    assert d.owner_of(LEDGER) is None
+
+
+def test_the_end_of_an_own_tunnel_tells_of_the_grace_it_starts() -> None:
+    d: TunnelDirectory[str] = TunnelDirectory(service_grace=30, clock=Clock())
+    started: list[tuple[str, Owner]] = []
+    d.on_grace = lambda service, owner: started.append((service, owner))
+    first = d.admit(BILLING, "a", [LEDGER, "acme.v1.Other"])
+    second = d.admit(BILLING, "b", [LEDGER])
+    d.release(first)
+    assert started == [("acme.v1.Other", BILLING)]  # the ledger is still announced by b
+    d.release(second)
+    assert started == [("acme.v1.Other", BILLING), (LEDGER, BILLING)]
+    # another node's tunnel: that node tells of its grace, not this one
+    d.release(d.admit(DEVICE, "r", ["acme.v1.Remote"], node="n2"))
+    assert len(started) == 2
+
+
 def test_a_group_shares_its_services() -> None:
     d: TunnelDirectory[str] = TunnelDirectory()
     _open(d, Owner("billing-eu", group="billing"), "eu", LEDGER)
