@@ -91,9 +91,7 @@ async def test_names_services_and_limits_hold_across_nodes(fleet: Fleet, tmp_pat
     no_traceback(n1.proc, n2.proc, owner, limited)
 
 
-async def test_a_node_that_joins_late_knows_the_grace_periods(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+async def test_a_node_that_joins_late_knows_the_grace_periods(fleet: Fleet, tmp_path: Path) -> None:
     """A service whose owner's last tunnel closed stays the owner's for the grace period
     on every node, a node that joined after the tunnel closed included: another
     credential cannot take it there, the owner can."""
