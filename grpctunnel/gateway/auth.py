@@ -149,6 +149,16 @@ class TokenAuthority:
             raise AuthConfigError("a token may not be empty")
         self._grants[_digest(token)] = grant
 
+    def tunnel_limit(self, credential: str | None) -> int | None:
+        """The ``max_tunnels`` of the credential named ``credential`` (the smallest, if
+        several tokens share the name), or None: no limit."""
+        limits = [
+            g.max_tunnels
+            for g in self._grants.values()
+            if g.name == credential and g.max_tunnels is not None
+        ]
+        return min(limits) if limits else None
+
     def authenticate(self, pairs: Iterable[tuple[str, Any]] | None) -> Grant | None:
         """The grant of the bearer token in ``pairs``, or None."""
         token = bearer_token(pairs)

@@ -553,6 +553,33 @@ class ClusterView:
             current = directory.owner_of(service)
             if current is not None and not owner.shares(current, service):
                 directory.forget(service)
+        return self._settle_limit(entry)
+
+    def _settle_limit(self, entry: TunnelEntry) -> str | None:
+        """Two nodes may each admit a tunnel of one credential before either learns of
+        the other's, together going over its ``max_tunnels``: then the tunnels it opened
+        first (by admission time, then node id) stay, and the later ones close, each on
+        its own node (RESOURCE_EXHAUSTED). Returns why ``entry`` is one of them."""
+        authority = self.gateway.authority
+        if authority is None:
+            return None
+        limit = authority.tunnel_limit(entry.credential)
+        directory = self.gateway.directory
+        if limit is None or directory.tunnels_of(entry.credential) < limit:
+            return None
+        ranked: list[tuple[tuple[float, str], Claim[Any] | None]] = [
+            ((c.since, c.node or self.node_id), c) for c in directory.claims_of(entry.credential)
+        ]
+        ranked.append(((entry.since, entry.node), None))
+        ranked.sort(key=lambda pair: pair[0])
+        reason = (
+            f"credential {entry.credential!r} has more than {limit} tunnels open across "
+            f"the cluster (its limit is {limit}): this one opened later"
+        )
+        for _, claim in ranked[limit:]:
+            if claim is None:
+                return reason
+            self._lose(claim, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         return None
 
     def _lose(self, claim: Claim[Any], code: grpc.StatusCode, reason: str) -> None:

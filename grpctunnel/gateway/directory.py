@@ -120,7 +120,7 @@ class TunnelDirectory(Generic[T]):
         self._clock = clock
         self._services: dict[str, _Service[T]] = {}
         self._names: dict[str, list[Claim[T]]] = {}
-        self._per_credential: dict[str | None, int] = {}
+        self._per_credential: dict[str | None, set[Claim[T]]] = {}  # unreleased claims
         # services in their grace period, oldest first: swept as time passes, so that
         # names announced once and never again do not pile up
         self._graces: deque[tuple[float, str]] = deque()
@@ -156,7 +156,7 @@ class TunnelDirectory(Generic[T]):
                 raise Refused(f"service {service} belongs to another credential")
         if max_tunnels is not None:
             going = sum(1 for c in leaving if c.owner.credential == owner.credential)
-            held = self._per_credential.get(owner.credential, 0) - going
+            held = self.tunnels_of(owner.credential) - going
             if held >= max_tunnels:
                 raise Refused(
                     f"{owner.describe()} already has {held} tunnels open "
@@ -193,7 +193,7 @@ class TunnelDirectory(Generic[T]):
             state.released_at = None
         if name:
             self._names.setdefault(name, []).append(claim)
-        self._per_credential[owner.credential] = self._per_credential.get(owner.credential, 0) + 1
+        self._per_credential.setdefault(owner.credential, set()).add(claim)
         return claim
 
     def publish(self, claim: Claim[T], tunnel: T) -> None:
@@ -237,11 +237,11 @@ class TunnelDirectory(Generic[T]):
                 holders.remove(claim)
             if not holders:
                 self._names.pop(claim.name, None)
-        left = self._per_credential.get(claim.owner.credential, 0) - 1
-        if left > 0:
-            self._per_credential[claim.owner.credential] = left
-        else:
-            self._per_credential.pop(claim.owner.credential, None)
+        held = self._per_credential.get(claim.owner.credential)
+        if held is not None:
+            held.discard(claim)
+            if not held:
+                del self._per_credential[claim.owner.credential]
 
     # -- routing --------------------------------------------------------------------
 
@@ -367,7 +367,11 @@ class TunnelDirectory(Generic[T]):
 
     def tunnels_of(self, credential: str | None) -> int:
         """How many admitted tunnels (forward and reverse) ``credential`` holds."""
-        return self._per_credential.get(credential, 0)
+        return len(self._per_credential.get(credential, ()))
+
+    def claims_of(self, credential: str | None) -> list[Claim[T]]:
+        """The admitted (unreleased) claims of ``credential``, here and on other nodes."""
+        return list(self._per_credential.get(credential, ()))
 
     # -- internals --------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,29 @@ async def test_a_node_that_joins_late_knows_the_grace_periods(fleet: Fleet, tmp_
     # the owner gets its service back on the new node
     await fleet.expose(backend, "billing", n2, extra=("--token", "t-billing"))
     no_traceback(n1.proc, n2.proc)
+
+
+async def test_a_tunnel_limit_raced_on_two_nodes_is_settled(fleet: Fleet, tmp_path: Path) -> None:
+    """Two nodes that each admit a tunnel of a credential with `max_tunnels: 1` before
+    either has heard of the other's (Redis frozen meanwhile) settle it once they hear:
+    the tunnel admitted first stays, the later one is closed by its node, and its
+    exposer is refused from then on."""
+    tokens = _tokens(tmp_path / "tokens.json")
+    n1, n2 = await fleet.nodes(2, "--token-file", tokens)
+    a, b = await asyncio.gather(fleet.backend(), fleet.backend())
+    limited = ("--token", "t-limited", "--service", "acme.v1.Limited")
+    assert fleet.redis is not None
+    marks = n1.mark(), n2.mark()
+    fleet.redis.signal(signal.SIGSTOP)  # the nodes hear nothing of each other
+    try:
+        first = await fleet.expose(a, "limited-1", n1, extra=limited)
+        second = await fleet.expose(b, "limited-2", n2, extra=limited)
+    finally:
+        fleet.redis.signal(signal.SIGCONT)
+    settled = r"closing a tunnel from .*: credential 'limited' has more than 1 tunnels open"
+    await n2.proc.wait_for(settled, after=marks[1], timeout=20)
+    await second.wait_for(r"RESOURCE_EXHAUSTED: .*\(its limit is 1\)", timeout=20)
+    await routable(n2, "limited-1", after=marks[1], timeout=20)
+    assert n1.proc.count(settled, after=marks[0]) == 0  # the first one stays
+    assert first.count("lost|closed|RESOURCE_EXHAUSTED") == 0, first.output
+    no_traceback(n1.proc, n2.proc, first)
