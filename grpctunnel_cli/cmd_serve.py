@@ -182,6 +182,25 @@ def serve(
             rich_help_panel=CLUSTER,
         ),
     ] = None,
+    cluster_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster-cert",
+            metavar="FILE",
+            help="With --client-ca: the certificate (PEM) this node presents to the "
+            "others; it must allow client authentication (default: --tls-cert).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    cluster_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster-key",
+            metavar="FILE",
+            help="The private key (PEM) of --cluster-cert.",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
     heartbeat_ttl: Annotated[
         float,
         typer.Option(
@@ -224,12 +243,20 @@ def serve(
                 advertise,
                 cluster_token,
                 heartbeat_ttl,
-                _peer_credentials(tls_cert, tls_key, client_ca, cluster_ca),
+                _peer_credentials(
+                    tls_cert, tls_key, client_ca, cluster_ca, cluster_cert, cluster_key
+                ),
                 host,
                 port,
             )
-        elif advertise is not None or cluster_token is not None or cluster_ca is not None:
-            raise UsageError("--advertise, --cluster-token and --cluster-ca go with --cluster")
+        elif any(
+            given is not None
+            for given in (advertise, cluster_token, cluster_ca, cluster_cert, cluster_key)
+        ):
+            raise UsageError(
+                "--advertise, --cluster-token, --cluster-ca, --cluster-cert and "
+                "--cluster-key go with --cluster"
+            )
         server = GatewayServer(
             GatewaySettings(
                 host=host,
@@ -321,22 +348,33 @@ def _cluster_settings(
 
 
 def _peer_credentials(
-    cert: Path | None, key: Path | None, client_ca: Path | None, cluster_ca: Path | None
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None,
+    cluster_ca: Path | None,
+    cluster_cert: Path | None,
+    cluster_key: Path | None,
 ) -> grpc.ChannelCredentials | None:
     """TLS for the connections to the other nodes, when this node serves TLS (theirs
-    are alike): trusting --cluster-ca (else --tls-cert), presenting this node's
-    certificate where nodes require client certificates (--client-ca)."""
+    are alike): trusting --cluster-ca (else --tls-cert), presenting --cluster-cert
+    (else --tls-cert) where nodes require client certificates (--client-ca)."""
     if cert is None or key is None:
-        if cluster_ca is not None:
-            raise UsageError("--cluster-ca goes with --tls-cert and --tls-key")
+        for given, option in ((cluster_ca, "--cluster-ca"), (cluster_cert, "--cluster-cert")):
+            if given is not None:
+                raise UsageError(f"{option} goes with --tls-cert and --tls-key")
         return None
+    if (cluster_cert is None) != (cluster_key is None):
+        raise UsageError("--cluster-cert and --cluster-key go together")
     roots = read_file(cluster_ca or cert, "--cluster-ca" if cluster_ca else "--tls-cert")
     if client_ca is None:
         return grpc.ssl_channel_credentials(root_certificates=roots)
+    if cluster_cert is not None and cluster_key is not None:
+        chain = read_file(cluster_cert, "--cluster-cert")
+        private = read_file(cluster_key, "--cluster-key")
+    else:
+        chain, private = read_file(cert, "--tls-cert"), read_file(key, "--tls-key")
     return grpc.ssl_channel_credentials(
-        root_certificates=roots,
-        private_key=read_file(key, "--tls-key"),
-        certificate_chain=read_file(cert, "--tls-cert"),
+        root_certificates=roots, private_key=private, certificate_chain=chain
     )
 
 

@@ -49,3 +49,33 @@ async def test_nodes_reach_each_other_over_tls_trusting_the_cluster_ca(
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"node {n2.id}" in (failed.value.details() or ""), failed.value.details()
     no_traceback(n1.proc, n2.proc, n3.proc)
+
+
+async def test_nodes_that_require_client_certificates_present_their_own(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """With `--client-ca`, each node presents `--cluster-cert` to the others (a server
+    certificate need not allow client authentication; this one does not)."""
+    certs = make_certs(tmp_path / "certs")
+    serving = ("--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key))
+    n1, n2 = await fleet.nodes(
+        2,
+        *serving,
+        "--client-ca",
+        str(certs.ca),
+        *("--cluster-cert", str(certs.client.cert), "--cluster-key", str(certs.client.key)),
+    )
+    client = ("--ca-cert", str(certs.ca), "--cert", str(certs.client.cert))
+    backend = await fleet.backend()
+    mark = n1.mark()
+    await fleet.expose(backend, "mutual", n2, extra=(*client, "--key", str(certs.client.key)))
+    await routable(n1, "mutual", after=mark)
+    credentials = grpc.ssl_channel_credentials(
+        certs.ca.read_bytes(), certs.client.key.read_bytes(), certs.client.cert.read_bytes()
+    )
+    async with grpc.aio.secure_channel(n1.address, credentials) as channel:
+        reply = await echo_pb2_grpc.EchoStub(channel).Echo(
+            echo_pb2.EchoRequest(msg="mutual"), timeout=10
+        )
+    assert reply.msg == "mutual"
+    no_traceback(n1.proc, n2.proc)
