@@ -7,17 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-from support.processes import Proc, clean_env
+from support.launcher import LISTENING, Launcher, free_port, no_traceback
+from support.processes import Proc
 
-GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
-LISTENING = r"tunnel server listening on (127\.0\.0\.1:\d+)"
 JOINED = r"cluster: joined as node (\w+)"
 CLUSTER_TOKEN = "cluster-secret-for-tests"
 ECHO = "grpctunnel.demo.v1.Echo"
@@ -27,12 +23,6 @@ needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (scripts/ensure-redis installs it)",
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -50,30 +40,18 @@ class Node:
         return grpc.aio.insecure_channel(self.address)
 
 
-class Fleet:
-    """Starts the processes of one test, and kills them all at its end."""
+class Fleet(Launcher):
+    """Starts the processes of one test (a Redis of its own among them), and kills them
+    all at its end."""
 
     def __init__(self) -> None:
-        self.procs: list[Proc] = []
+        super().__init__()
         self.redis_port = free_port()
         self.redis: Proc | None = None
 
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    async def spawn(self, name: str, *argv: str, **env: str) -> Proc:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=clean_env(**env),
-        )
-        proc = Proc(name, process)
-        proc.start_reading()
-        self.procs.append(proc)
-        return proc
 
     async def start_redis(self) -> Proc:
         """`redis-server` on this fleet's port (the same one each time), persistence off."""
@@ -93,13 +71,10 @@ class Fleet:
         await self.redis.wait_for(r"Ready to accept connections")
         return self.redis
 
-    async def grpctunnel(self, *args: str, **env: str) -> Proc:
-        return await self.spawn(" ".join(("grpctunnel", *args)), str(GRPCTUNNEL), *args, **env)
-
     async def node(self, *extra: str, port: int = 0, **env: str) -> Node:
         """`serve --cluster` on ``port`` (0: a free one); returned once it joined and
         listens."""
-        proc = await self.grpctunnel(
+        proc = await self.start(
             "serve",
             "--port",
             str(port),
@@ -119,22 +94,14 @@ class Fleet:
     async def nodes(self, n: int, *extra: str) -> list[Node]:
         return list(await asyncio.gather(*(self.node(*extra) for _ in range(n))))
 
-    async def backend(self) -> str:
-        proc = await self.grpctunnel("demo-backend", "--port", "0")
-        found = await proc.wait_for(r"demo backend listening on (127\.0\.0\.1:\d+)")
-        return found.group(1)
-
     async def expose(self, backend: str, name: str, *to: Node, extra: tuple[str, ...] = ()) -> Proc:
         """`expose BACKEND --to ...` as NAME; returned once its first tunnel is up."""
         targets = [arg for node in to for arg in ("--to", node.address)]
-        proc = await self.grpctunnel(
+        proc = await self.start(
             "expose", backend, *targets, "--name", name, "--max-backoff", "1", "-v", *extra
         )
         await proc.wait_for(rf"tunnel \d+ connected to .* as '{re.escape(name)}'")
         return proc
-
-    async def close(self) -> None:
-        await asyncio.gather(*(proc.kill() for proc in self.procs), return_exceptions=True)
 
 
 async def routable(node: Node, name: str, *, after: int = 0, timeout: float = 10.0) -> None:
@@ -144,11 +111,6 @@ async def routable(node: Node, name: str, *, after: int = 0, timeout: float = 10
         rf"'{re.escape(name)}')"
     )
     await node.proc.wait_for(pattern, after=after, timeout=timeout)
-
-
-def no_traceback(*procs: Proc) -> None:
-    for proc in procs:
-        assert "Traceback" not in proc.output, proc.output
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.launcher import run_cli
 
 from grpctunnel import TunnelClientOptions, TunnelServiceStub
 from grpctunnel.client import PendingChannel
@@ -19,25 +20,11 @@ from grpctunnel.gateway.announce import PIN_HEADER
 from grpctunnel.gateway.cluster_auth import HOP_HEADER, NODE_HEADER
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
-from .fleet import ECHO, GRPCTUNNEL, Fleet, Node, clean_env, needs_redis, no_traceback, routable
+from .fleet import ECHO, Fleet, Node, needs_redis, no_traceback, routable
 
 pytestmark = [needs_redis, pytest.mark.timeout(90)]
 
 DETAILS_KEY = "grpc-status-details-bin"
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        str(GRPCTUNNEL),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def _every_kind(stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -115,8 +102,8 @@ async def test_a_caller_on_one_node_reaches_a_backend_on_another(fleet: Fleet) -
     listed, described = await asyncio.gather(
         run_cli("list", "-s", n2.address), run_cli("describe", "-s", n2.address, ECHO)
     )
-    assert listed[0] == 0 and ECHO in listed[1].split(), listed
-    assert described[0] == 0 and "rpc Chat" in described[1], described
+    assert listed.returncode == 0 and ECHO in listed.stdout.split(), listed
+    assert described.returncode == 0 and "rpc Chat" in described.stdout, described
     async with n2.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         answer = await health.Check(health_pb2.HealthCheckRequest(service=ECHO), timeout=10)
@@ -236,13 +223,9 @@ async def test_the_tunnel_listing_is_cluster_wide(fleet: Fleet) -> None:
     await routable(n1, "listed", after=mark)
 
     async def listing(node: Node) -> list[dict[str, Any]]:
-        process = await asyncio.create_subprocess_exec(
-            str(GRPCTUNNEL), "tunnels", "--json", "-s", node.address,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, err
-        return [json.loads(line) for line in out.decode().splitlines()]
+        result = await run_cli("tunnels", "--json", "-s", node.address)
+        assert result.returncode == 0, result
+        return [json.loads(line) for line in result.stdout.splitlines()]
 
     for node in (n1, n2):
         found = [t for t in await listing(node) if t["name"] == "listed"]

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.launcher import run_cli
 
-from .fleet import ECHO, GRPCTUNNEL, Fleet, clean_env, needs_redis, no_traceback, routable
+from .fleet import ECHO, Fleet, needs_redis, no_traceback, routable
 
 pytestmark = [needs_redis, pytest.mark.timeout(90)]
 
@@ -29,20 +30,6 @@ def _tokens(path: Path) -> str:
     return str(path)
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        str(GRPCTUNNEL),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_names_services_and_limits_hold_across_nodes(fleet: Fleet, tmp_path: Path) -> None:
     tokens = _tokens(tmp_path / "tokens.json")
     n1, n2 = await fleet.nodes(2, "--token-file", tokens)
@@ -56,39 +43,42 @@ async def test_names_services_and_limits_hold_across_nodes(fleet: Fleet, tmp_pat
     await routable(n2, "limited-1", after=mark)
 
     # a second tunnel of a credential whose one tunnel is on node 1 (expose retries that)
-    over_limit = await fleet.grpctunnel(
+    over_limit = await fleet.start(
         *("expose", other, "--to", n2.address, "--name", "limited-2"),
         *("--token", "t-limited", "--service", "acme.v1.Limited"),
     )
     impostor, name_thief = await asyncio.gather(
         # another credential announcing the service node 1's billing owns
-        _cli("expose", other, "--to", n2.address, "--name", "device-17", "--token", "t-device"),
+        run_cli("expose", other, "--to", n2.address, "--name", "device-17", "--token", "t-device"),
         # another credential announcing the name billing holds on node 1
-        _cli(
+        run_cli(
             *("expose", other, "--to", n2.address, "--name", "billing"),
             *("--token", "t-device", "--service", "acme.v1.Device"),
         ),
     )
-    assert impostor[0] == 1, impostor
-    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor[2]
-    assert name_thief[0] == 1, name_thief
-    assert "PERMISSION_DENIED: tunnel name 'billing' belongs to another credential" in name_thief[2]
+    assert impostor.returncode == 1, impostor
+    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor.stderr
+    assert name_thief.returncode == 1, name_thief
+    assert (
+        "PERMISSION_DENIED: tunnel name 'billing' belongs to another credential"
+        in name_thief.stderr
+    )
     await over_limit.wait_for(r"refused tunnel 1: RESOURCE_EXHAUSTED: .* \(its limit is 1\)")
 
     # calls with a caller's token reach the owner through node 2, relayed to node 1
     relayed = owner.mark()
     results = await asyncio.gather(
         *(
-            _cli("call", "-s", n2.address, "Echo/Echo", f'{{"msg":"{i}"}}', "--token", "t-ops")
+            run_cli("call", "-s", n2.address, "Echo/Echo", f'{{"msg":"{i}"}}', "--token", "t-ops")
             for i in range(3)
         )
     )
     for i, result in enumerate(results):
-        assert result[:2] == (0, f'{{"msg":"{i}"}}\n'), result
+        assert (result.returncode, result.stdout) == (0, f'{{"msg":"{i}"}}\n'), result
     await owner.wait_count(rf"/{ECHO}/Echo OK", 3, after=relayed)
     # and without a token, nothing (node 2 judges the caller; node 1 trusts node 2)
-    refused = await _cli("call", "-s", n2.address, "Echo/Echo", '{"msg":"x"}')
-    assert refused[0] == 64 + 16, refused  # UNAUTHENTICATED
+    refused = await run_cli("call", "-s", n2.address, "Echo/Echo", '{"msg":"x"}')
+    assert refused.returncode == 64 + 16, refused  # UNAUTHENTICATED
     no_traceback(n1.proc, n2.proc, owner, limited)
 
 
@@ -111,11 +101,11 @@ async def test_a_node_that_joins_late_knows_the_grace_periods(fleet: Fleet, tmp_
     n2 = await fleet.node(*grace)
     await routable(n2, "device-1")
 
-    impostor = await _cli(
+    impostor = await run_cli(
         "expose", other, "--to", n2.address, "--name", "device-2", "--token", "t-device"
     )
-    assert impostor[0] == 1, impostor
-    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor[2]
+    assert impostor.returncode == 1, impostor
+    assert f"PERMISSION_DENIED: service {ECHO} belongs to another credential" in impostor.stderr
     # the owner gets its service back on the new node
     await fleet.expose(backend, "billing", n2, extra=("--token", "t-billing"))
     no_traceback(n1.proc, n2.proc)

@@ -8,6 +8,7 @@ import asyncio
 import re
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from support.processes import Proc, clean_env
@@ -79,3 +80,42 @@ class Launcher:
 def no_traceback(*procs: Proc) -> None:
     for proc in procs:
         assert "Traceback" not in proc.output, proc.output
+
+
+CLI_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str, timeout: float = CLI_TIMEOUT, **env: str) -> Result:
+    """Runs `grpctunnel ARGS...` to its end."""
+    process = await asyncio.create_subprocess_exec(
+        str(GRPCTUNNEL),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(**env),
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"grpctunnel {' '.join(args)} did not end within {timeout}s") from None
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+def assert_failure(result: Result, code: int, *fragments: str) -> None:
+    """Ended with ``code``, an ``ERROR:`` message holding every fragment, no traceback."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("ERROR: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
