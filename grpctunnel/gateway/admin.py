@@ -98,7 +98,7 @@ class _Watcher:
 
 # closes the reverse tunnels of a name after draining them for up to a grace period, in
 # seconds; says how many there were
-Closer = Callable[[str, float], Awaitable[int]]
+Closer = Callable[[str, float, bool], Awaitable[int]]
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -186,7 +186,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the tunnel to close")
         grace = request.grace_seconds if request.grace_seconds > 0 else DEFAULT_CLOSE_GRACE
         grace = min(grace, MAX_CLOSE_GRACE)
-        closed = await self._close(request.name, grace)
+        closed = await self._close(request.name, grace, request.this_node_only)
         if not closed:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no reverse tunnel named {request.name!r} is open"

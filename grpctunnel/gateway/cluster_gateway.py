@@ -23,6 +23,7 @@ A gateway without a cluster is the plain :class:`~grpctunnel.gateway.Gateway`, u
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import grpc
 
 from grpctunnel import metadata as md
+from grpctunnel.admin.v1 import admin_pb2, admin_pb2_grpc
 from grpctunnel.gateway.announce import (
     INSTANCE_HEADER,
     SLOT_HEADER,
@@ -169,6 +171,44 @@ class ClusterGateway(Gateway):
         if callable(changed):
             changed()
         self._notify_changed()
+
+    # -- closing tunnels ----------------------------------------------------------------
+
+    async def close_tunnels(self, name: str, grace: float, this_node_only: bool = False) -> int:
+        """Closes the tunnels named ``name`` on this node and, unless
+        ``this_node_only``, asks each other node that holds some to close its own (over
+        the node-to-node hop, for this node only: never further)."""
+        closing = [super().close_tunnels(name, grace)]
+        if not this_node_only:
+            nodes = {
+                claim.node
+                for claim in self.directory.holding(name)
+                if claim.node is not None and not claim.released
+            }
+            closing += [self._close_on(node, name, grace) for node in sorted(nodes)]
+        return sum(await asyncio.gather(*closing))
+
+    async def _close_on(self, node: str, name: str, grace: float) -> int:
+        from grpctunnel.gateway.cluster_link import HopChannel
+
+        peer = self.view.peers.get(node)
+        if peer is None or self.node_auth is None:
+            return 0
+        stub = admin_pb2_grpc.AdminStub(HopChannel(peer.link, self.node_auth.hop_metadata()))  # type: ignore[no-untyped-call]
+        request = admin_pb2.CloseTunnelRequest(name=name, grace_seconds=grace, this_node_only=True)
+        try:
+            reply = await stub.CloseTunnel(request, timeout=grace + peer.link.connect_timeout + 5)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: it closed already
+                log.warning(
+                    "could not close tunnel %s on %s: %s: %s",
+                    name,
+                    peer.describe(),
+                    e.code().name,
+                    e.details(),
+                )
+            return 0
+        return int(reply.closed)
 
     # -- routing ------------------------------------------------------------------------
 

@@ -419,6 +419,13 @@ class Gateway:
                 exposed.health = BackendHealth(tunnel.channel, claim.services, self.health.changed)
                 exposed.health.start()
             self.directory.publish(claim, exposed)
+        self.admin.opened(entry)
+        self.health.seen(services)
+        if self.metrics is not None:
+            self.metrics.tunnel_opened("reverse")
+        self._services_changed(services)
+        self._notify_changed()
+        # said last: whoever reads it finds the tunnel listed, counted and routable
         owner = labels.get("owner")
         credential = (
             f" ({owner.describe()})"
@@ -438,12 +445,6 @@ class Gateway:
                 "services": list(services),
             },
         )
-        self.admin.opened(entry)
-        self.health.seen(services)
-        if self.metrics is not None:
-            self.metrics.tunnel_opened("reverse")
-        self._services_changed(services)
-        self._notify_changed()
         if self._on_open is not None:
             self._on_open(tunnel)
 
@@ -542,11 +543,12 @@ class Gateway:
 
     # -- closing tunnels -----------------------------------------------------------------
 
-    async def close_tunnels(self, name: str, grace: float) -> int:
+    async def close_tunnels(self, name: str, grace: float, this_node_only: bool = False) -> int:
         """Drains, then closes, the reverse tunnels named ``name``: no new call is routed
         to them, the calls in flight get up to ``grace`` seconds to finish, then the
         tunnels close (UNAVAILABLE, "closed by an administrator"). Returns how many
-        there were."""
+        there were. (A cluster node closes the other nodes' too, unless
+        ``this_node_only``.)"""
         targets = [
             c.tunnel for c in self.directory.holding(name) if isinstance(c.tunnel, ExposedTunnel)
         ]

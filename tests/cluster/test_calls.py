@@ -279,3 +279,19 @@ async def test_the_node_hop_is_not_capped_by_the_per_tunnel_limit(fleet: Fleet) 
                 chat.cancel()
         finally:
             await tunnel.close()
+
+
+async def test_closing_a_tunnel_by_name_reaches_the_node_that_holds_it(fleet: Fleet) -> None:
+    """`tunnels --close NAME` against any node closes the tunnels of that name on every
+    node: node 1 asks node 2, which holds them, over the hop."""
+    n1, n2 = await fleet.nodes(2)
+    backend = await fleet.backend()
+    mark = n1.mark()
+    exposer = await fleet.expose(backend, "far", n2)
+    await routable(n1, "far", after=mark)
+    closing, held = exposer.mark(), n2.mark()
+    closed = await run_cli("tunnels", "-s", n1.address, "--close", "far", "--grace", "1")
+    assert (closed.returncode, closed.stdout) == (0, "closed 1 tunnel named far\n"), closed
+    await exposer.wait_for(r"closed by an administrator", after=closing)
+    await n2.proc.wait_for(r"closing tunnel far \(1 open\) on request", after=held)
+    no_traceback(n1.proc, n2.proc, exposer)

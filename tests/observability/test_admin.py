@@ -163,3 +163,18 @@ async def test_close_tunnel_drains_before_it_disconnects(launcher: Launcher) -> 
         assert await chat.code() == grpc.StatusCode.OK
         assert (await closing).closed == 1
     await server[0].wait_for(r"tunnel closed: drained .*closed by an administrator")
+
+
+async def test_tunnels_close_drains_and_closes_a_name(launcher: Launcher) -> None:
+    backend = await launcher.backend()
+    server = await launcher.server()
+    exposer = await launcher.exposer(backend, server, "doomed", "--tunnels", "2")
+    mark = exposer.mark()
+    closed = await run_cli("tunnels", "-s", server[1], "--close", "doomed", "--grace", "1")
+    assert (closed.returncode, closed.stdout) == (0, "closed 2 tunnels named doomed\n"), closed
+    await exposer.wait_for(r"closed by an administrator", after=mark)
+
+    missing = await run_cli("tunnels", "-s", server[1], "--close", "no-such")
+    assert missing.returncode == 64 + 5, missing  # NOT_FOUND
+    assert missing.stderr == "ERROR: NOT_FOUND: no reverse tunnel named 'no-such' is open\n"
+    no_traceback(*launcher.procs)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgrpctunnel/admin/v1/admin.proto\x12\x13grpctunnel.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n\x06Tunnel\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x31\n\tdirection\x18\x06 \x01(\x0e\x32\x1e.grpctunnel.admin.v1.Direction\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61lls_in_flight\x18\x08 \x01(\x04\x12\x12\n\ncalls_done\x18\t \x01(\x04\x12\x0e\n\x06\x65rrors\x18\n \x01(\x04\x12\x15\n\rrequest_bytes\x18\x0b \x01(\x04\x12\x16\n\x0eresponse_bytes\x18\x0c \x01(\x04\x12\x10\n\x08\x64raining\x18\r \x01(\x08\"\x14\n\x12ListTunnelsRequest\"C\n\x13ListTunnelsResponse\x12,\n\x07tunnels\x18\x01 \x03(\x0b\x32\x1b.grpctunnel.admin.v1.Tunnel\".\n\x13WatchTunnelsRequest\x12\x17\n\x0frefresh_seconds\x18\x01 \x01(\x01\"\xb8\x01\n\x0bTunnelEvent\x12<\n\x08snapshot\x18\x01 \x01(\x0b\x32(.grpctunnel.admin.v1.ListTunnelsResponseH\x00\x12-\n\x06opened\x18\x02 \x01(\x0b\x32\x1b.grpctunnel.admin.v1.TunnelH\x00\x12\x33\n\x06\x63losed\x18\x03 \x01(\x0b\x32!.grpctunnel.admin.v1.TunnelClosedH\x00\x42\x07\n\x05\x65vent\"K\n\x0cTunnelClosed\x12+\n\x06tunnel\x18\x01 \x01(\x0b\x32\x1b.grpctunnel.admin.v1.Tunnel\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\x12\x43loseTunnelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\"%\n\x13\x43loseTunnelResponse\x12\x0e\n\x06\x63losed\x18\x01 \x01(\r*T\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_FORWARD\x10\x01\x12\x15\n\x11\x44IRECTION_REVERSE\x10\x02\x32\xa9\x02\n\x05\x41\x64min\x12`\n\x0bListTunnels\x12\'.grpctunnel.admin.v1.ListTunnelsRequest\x1a(.grpctunnel.admin.v1.ListTunnelsResponse\x12\\\n\x0cWatchTunnels\x12(.grpctunnel.admin.v1.WatchTunnelsRequest\x1a .grpctunnel.admin.v1.TunnelEvent0\x01\x12`\n\x0b\x43loseTunnel\x12\'.grpctunnel.admin.v1.CloseTunnelRequest\x1a(.grpctunnel.admin.v1.CloseTunnelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgrpctunnel/admin/v1/admin.proto\x12\x13grpctunnel.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n\x06Tunnel\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x31\n\tdirection\x18\x06 \x01(\x0e\x32\x1e.grpctunnel.admin.v1.Direction\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61lls_in_flight\x18\x08 \x01(\x04\x12\x12\n\ncalls_done\x18\t \x01(\x04\x12\x0e\n\x06\x65rrors\x18\n \x01(\x04\x12\x15\n\rrequest_bytes\x18\x0b \x01(\x04\x12\x16\n\x0eresponse_bytes\x18\x0c \x01(\x04\x12\x10\n\x08\x64raining\x18\r \x01(\x08\"\x14\n\x12ListTunnelsRequest\"C\n\x13ListTunnelsResponse\x12,\n\x07tunnels\x18\x01 \x03(\x0b\x32\x1b.grpctunnel.admin.v1.Tunnel\".\n\x13WatchTunnelsRequest\x12\x17\n\x0frefresh_seconds\x18\x01 \x01(\x01\"\xb8\x01\n\x0bTunnelEvent\x12<\n\x08snapshot\x18\x01 \x01(\x0b\x32(.grpctunnel.admin.v1.ListTunnelsResponseH\x00\x12-\n\x06opened\x18\x02 \x01(\x0b\x32\x1b.grpctunnel.admin.v1.TunnelH\x00\x12\x33\n\x06\x63losed\x18\x03 \x01(\x0b\x32!.grpctunnel.admin.v1.TunnelClosedH\x00\x42\x07\n\x05\x65vent\"K\n\x0cTunnelClosed\x12+\n\x06tunnel\x18\x01 \x01(\x0b\x32\x1b.grpctunnel.admin.v1.Tunnel\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x12\x43loseTunnelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgrace_seconds\x18\x02 \x01(\x01\x12\x16\n\x0ethis_node_only\x18\x03 \x01(\x08\"%\n\x13\x43loseTunnelResponse\x12\x0e\n\x06\x63losed\x18\x01 \x01(\r*T\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_FORWARD\x10\x01\x12\x15\n\x11\x44IRECTION_REVERSE\x10\x02\x32\xa9\x02\n\x05\x41\x64min\x12`\n\x0bListTunnels\x12\'.grpctunnel.admin.v1.ListTunnelsRequest\x1a(.grpctunnel.admin.v1.ListTunnelsResponse\x12\\\n\x0cWatchTunnels\x12(.grpctunnel.admin.v1.WatchTunnelsRequest\x1a .grpctunnel.admin.v1.TunnelEvent0\x01\x12`\n\x0b\x43loseTunnel\x12\'.grpctunnel.admin.v1.CloseTunnelRequest\x1a(.grpctunnel.admin.v1.CloseTunnelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'grpctunnel.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=897
-  _globals['_DIRECTION']._serialized_end=981
+  _globals['_DIRECTION']._serialized_start=921
+  _globals['_DIRECTION']._serialized_end=1005
   _globals['_TUNNEL']._serialized_start=90
   _globals['_TUNNEL']._serialized_end=394
   _globals['_LISTTUNNELSREQUEST']._serialized_start=396
@@ -47,9 +47,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TUNNELCLOSED']._serialized_start=722
   _globals['_TUNNELCLOSED']._serialized_end=797
   _globals['_CLOSETUNNELREQUEST']._serialized_start=799
-  _globals['_CLOSETUNNELREQUEST']._serialized_end=856
-  _globals['_CLOSETUNNELRESPONSE']._serialized_start=858
-  _globals['_CLOSETUNNELRESPONSE']._serialized_end=895
-  _globals['_ADMIN']._serialized_start=984
-  _globals['_ADMIN']._serialized_end=1281
+  _globals['_CLOSETUNNELREQUEST']._serialized_end=880
+  _globals['_CLOSETUNNELRESPONSE']._serialized_start=882
+  _globals['_CLOSETUNNELRESPONSE']._serialized_end=919
+  _globals['_ADMIN']._serialized_start=1008
+  _globals['_ADMIN']._serialized_end=1305
 # @@protoc_insertion_point(module_scope)

@@ -84,12 +84,14 @@ class TunnelClosed(_message.Message):
     def __init__(self, tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CloseTunnelRequest(_message.Message):
-    __slots__ = ("name", "grace_seconds")
+    __slots__ = ("name", "grace_seconds", "this_node_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    THIS_NODE_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     grace_seconds: float
-    def __init__(self, name: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+    this_node_only: bool
+    def __init__(self, name: _Optional[str] = ..., grace_seconds: _Optional[float] = ..., this_node_only: _Optional[bool] = ...) -> None: ...
 
 class CloseTunnelResponse(_message.Message):
     __slots__ = ("closed",)
