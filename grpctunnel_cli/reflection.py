@@ -501,6 +501,8 @@ class DescriptorSource:
             found = self._find_loaded(query)
         if found is not None:
             return found
+        if match_names(query, services):  # a service, even one that cannot be described
+            return await self.service(pick_name("service", query, services))
         described = await self.services()
         methods = {f"{s.full_name}.{m.name}": m for s in described for m in s.methods}
         types = {t.full_name: t for file in self.files() for t in iter_types(file)}

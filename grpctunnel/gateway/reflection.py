@@ -44,6 +44,26 @@ UNDESCRIBED_REASON = (
 _SERVICE_PATH = (6, 0)  # FileDescriptorProto.service[0], in source_code_info paths
 
 
+def _reflection_v1_file() -> descriptor_pb2.FileDescriptorProto:
+    """grpc/reflection/v1/reflection.proto, which grpcio-reflection does not ship: the
+    v1alpha file under v1's names (the two versions' messages are the same)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.ClearField("options")
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(old, new)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    return proto
+
+
 def undescribed_file(
     service: str, reason: str = UNDESCRIBED_REASON
 ) -> descriptor_pb2.FileDescriptorProto:
@@ -143,6 +163,7 @@ class MergedReflection:
         self.cache = cache or AnswerCache()
         for module in (tunnel_pb2, health_pb2, reflection_pb2):
             self._add(module.DESCRIPTOR)
+        self._pool.Add(_reflection_v1_file())
 
     def _add(self, file: Any) -> None:
         if file.name in self._added:

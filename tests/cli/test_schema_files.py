@@ -11,22 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
 
 from .helpers import Result, assert_clean_failure, run_cli
-from .kv_backend import (
-    KV_PROTO,
-    KV_SERVICE,
-    PROTOS,
-    KvMessages,
-    kv_messages,
-    protoc_descriptor_set,
-    start_kv_backend,
-)
+from .kv_backend import KV_PROTO, KV_SERVICE, PROTOS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,26 +25,6 @@ NOT_FOUND = 64 + 5
 RANGE_FOO = '{"key": "Zm9v"}'  # base64 of b"foo"
 KV_FILES = ("--proto", KV_PROTO, "--import-path", str(PROTOS))
 NOWHERE = "127.0.0.1:1"  # no server: commands that need none must not try one
-
-
-@pytest.fixture(scope="module")
-def kv_protoset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """kv.proto and its imports as protoc writes them."""
-    return protoc_descriptor_set(tmp_path_factory.mktemp("kv") / "kv.protoset", KV_PROTO)
-
-
-@pytest.fixture(scope="module")
-def kv(kv_protoset: Path) -> KvMessages:
-    return kv_messages(kv_protoset)
-
-
-@pytest.fixture
-async def kv_backend(kv: KvMessages) -> AsyncIterator[str]:
-    server, address = await start_kv_backend(kv)
-    try:
-        yield address
-    finally:
-        await server.stop(None)
 
 
 async def grpctunnel(*args: str, cache: Path, server: str | None = None) -> Result:
