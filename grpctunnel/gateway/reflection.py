@@ -38,8 +38,8 @@ DEFAULT_CACHE_SECONDS = 600.0
 # the name of the file that stands for a listed service no tunnel describes
 UNDESCRIBED_PREFIX = "grpctunnel/undescribed/"
 UNDESCRIBED_REASON = (
-    "no backend serving it describes it: it offers no reflection and was exposed without "
-    "--proto or --protoset"
+    "no backend serving it describes it (a backend without reflection needs "
+    "`expose --proto` or `--protoset`)"
 )
 _SERVICE_PATH = (6, 0)  # FileDescriptorProto.service[0], in source_code_info paths
 

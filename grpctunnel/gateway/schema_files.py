@@ -318,10 +318,17 @@ class SchemaIndex:
     def file_containing_symbol(self, symbol: str) -> str | None:
         """The name of the file defining ``symbol`` (a service, method, message, enum,
         field...), or None."""
+        name = symbol.lstrip(".")
         try:
-            found: str = self.pool.FindFileContainingSymbol(symbol.lstrip(".")).name
+            found: str = self.pool.FindFileContainingSymbol(name).name
         except KeyError:
-            return None
+            # the pool does not find a service's methods by name: their service's file
+            parent, _, member = name.rpartition(".")
+            try:
+                service = self.pool.FindServiceByName(parent)
+            except KeyError:
+                return None
+            return str(service.file.name) if member in service.methods_by_name else None
         return found
 
     def closure(self, name: str) -> list[descriptor_pb2.FileDescriptorProto]:
