@@ -185,7 +185,7 @@ async def test_a_service_nothing_describes_does_not_break_describe(
     assert "Traceback" not in everything.stderr
 
     one = await run_cli("describe", "Echo", server=address)
-    assert_clean_failure(one, 1, f"cannot describe service '{ECHO}'", "--proto or --protoset")
+    assert_clean_failure(one, 1, f"cannot describe service '{ECHO}'", "`expose --proto`")
     called = await run_cli("call", "Echo/Echo", '{"msg": "hi"}', server=address)
     assert_clean_failure(called, 1, f"cannot describe service '{ECHO}'")
 
