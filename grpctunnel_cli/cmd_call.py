@@ -1,7 +1,8 @@
 """The `call` command: call a method by name, with JSON requests, printing JSON responses.
 
-It reads its options, connects (client.py), resolves the method by reflection, runs the
-call with invoke.py and leaves every byte of output to render.py.
+It reads its options, connects (client.py), resolves the method by reflection or from the
+schema files given (schema.py), runs the call with invoke.py and leaves every byte of
+output to render.py.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from grpctunnel_cli.invoke import (
 from grpctunnel_cli.options import (
     OUTPUT,
     ConnectionOptions,
+    SchemaOptions,
     SecurityOptions,
     option_groups,
     switch,
     verbose_option,
 )
 from grpctunnel_cli.render import Renderer
+from grpctunnel_cli.schema import ProtosetOutOption, file_of, file_source, write_protoset
 
 __all__ = ["call"]
 
@@ -55,6 +58,8 @@ def call(
     *,
     connection: ConnectionOptions,
     security: SecurityOptions,
+    schema: SchemaOptions,
+    protoset_out: ProtosetOutOption = None,
     emit_defaults: Annotated[
         bool, switch("--emit-defaults", help="Show fields that hold default values.", panel=OUTPUT)
     ] = False,
@@ -72,16 +77,19 @@ def call(
 ) -> None:
     """Call a method with JSON data; print each response as JSON.
 
-    Resolves METHOD by the server's reflection, sends DATA, and prints each response as
+    Resolves METHOD by the server's reflection (or only from --proto/--protoset files
+    when given), sends DATA, and prints each response as
     one JSON line (pretty JSON on a terminal). A call that ends with an error status
     prints it on stderr and exits 64 + its code.
     """
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
 
     async def body() -> int:
+        files = await file_source(schema)
         async with connect(connection, security) as connected:
-            source = connected.source
+            source = files or connected.source
             resolved = await source.resolve_method(method)
+            write_protoset(protoset_out, source, [file_of(resolved)])
             renderer.pool = source.pool
             renderer.request_start(resolved, connected.metadata)
             requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)

@@ -1,8 +1,9 @@
 """The `expose` command: publish a local gRPC backend through reverse tunnels to a
 tunnel server (ssh -R for gRPC), and keep them up.
 
-It reads the options into an `ExposeConfig`, refuses at once TLS settings that cannot
-work, and runs the `Exposer` until signalled; on a terminal a live table shows its state.
+It reads the options into an `ExposeConfig` (compiling or reading any schema files, which
+then describe the backend through the server in place of its reflection), refuses at
+once TLS settings that cannot work, and runs the `Exposer` until signalled; on a terminal a live table shows its state.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from grpctunnel_cli.options import (
     LogFormatOption,
     MetricsOptions,
     RelayOptions,
+    SchemaOptions,
     SecurityOptions,
     option_groups,
     verbose_option,
@@ -88,7 +90,8 @@ def expose(
         typer.Option(
             "--service",
             metavar="SERVICE",
-            help="A service to announce (repeatable); default: the backend's, by reflection.",
+            help="A service to announce (repeatable); default: those of --proto/--protoset "
+            "files, else the backend's, by reflection.",
             rich_help_panel=EXPOSING,
         ),
     ] = None,
@@ -106,6 +109,7 @@ def expose(
     *,
     security_options: SecurityOptions,
     relay: RelayOptions,
+    schema: SchemaOptions,
     verbose: Annotated[
         bool,
         verbose_option("Also log one line per relayed call (method, status, time, tunnel)."),
@@ -117,7 +121,8 @@ def expose(
 
     Exposes BACKEND through reverse tunnels to the tunnel server given with --to, and
     keeps them up: reconnects with backoff when the server goes away (to the next one,
-    given several). Logs go to stderr;
+    given several). With --proto or --protoset, reflection through the server is
+    answered from those files, for a backend that has none. Logs go to stderr;
     on a terminal, a live table shows the tunnels and calls.
     """
     renderer = Renderer()
@@ -130,6 +135,7 @@ def expose(
         servers = [s for s in servers if s]
         if not servers:
             raise UsageError("--to needs a server, HOST:PORT")
+        files = await asyncio.to_thread(schema.load)
         await asyncio.gather(*(_check_tls(s, security, connect_timeout) for s in servers))
         config = ExposeConfig(
             backend=backend,
@@ -145,6 +151,7 @@ def expose(
             keepalive_timeout=relay.keepalive_timeout,
             establishment_timeout=relay.establishment_timeout,
             max_message_length=relay.max_message_length,
+            schema=files,
         )
         live: Live | None = None
 

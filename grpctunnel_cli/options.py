@@ -2,7 +2,8 @@
 
 Options that go together are fields of a dataclass a command takes as one parameter:
 `ConnectionOptions` and `SecurityOptions` (call, list, describe, tunnels; expose takes
-the second), `RelayOptions` and `MetricsOptions` (serve, expose). Typer cannot read a dataclass parameter, so
+the second), `RelayOptions` and `MetricsOptions` (serve, expose), `SchemaOptions` (call,
+list, describe, expose). Typer cannot read a dataclass parameter, so
 `option_groups` shows it the fields as options and hands the command the dataclass.
 Shared options that stand alone are ``Annotated`` aliases (``--connect-timeout``,
 ``--host``, ``--port``, ``--log-format``); `verbose_option` is shared, but each command writes its help,
@@ -23,11 +24,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from google.protobuf import descriptor_pb2
 
 from grpctunnel import keepalive
+from grpctunnel.gateway.schema_files import SchemaError, load_schema
 from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
 from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT
 from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
+from grpctunnel_cli.errors import CliError
 from grpctunnel_cli.security import TOKEN_ENV, ClientSecurity, client_security
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "LIMITS",
     "LISTENING",
     "OUTPUT",
+    "SCHEMA",
     "SECURITY",
     "ConnectTimeoutOption",
     "ConnectionOptions",
@@ -46,6 +51,7 @@ __all__ = [
     "MetricsOptions",
     "PortOption",
     "RelayOptions",
+    "SchemaOptions",
     "SecurityOptions",
     "option_groups",
     "switch",
@@ -63,6 +69,7 @@ LIMITS = "Limits"
 KEEPALIVE = "Keepalive"
 OUTPUT = "Output"
 OBSERVING = "Observing"
+SCHEMA = "Schema"
 
 
 def switch(*names: str, help: str, panel: str) -> Any:
@@ -236,6 +243,58 @@ class SecurityOptions:
             cert=self.cert,
             key=self.key,
         )
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    """Schema files that stand in for the server's reflection (grpcurl's -proto,
+    -import-path, -protoset). Given, they are the only schema: a name they do not define
+    is not asked of the server."""
+
+    proto: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--proto",
+            metavar="FILE",
+            help="A .proto file to take the schema from instead of reflection (repeatable); "
+            "compiled in process, cached.",
+            rich_help_panel=SCHEMA,
+        ),
+    ] = None
+    import_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--import-path",
+            "-I",
+            metavar="DIR",
+            help="Where --proto files and their imports are found (repeatable; default: "
+            "each file's directory). google/protobuf/*.proto need none.",
+            rich_help_panel=SCHEMA,
+        ),
+    ] = None
+    protoset: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--protoset",
+            metavar="FILE",
+            help="A FileDescriptorSet (protoc --descriptor_set_out --include_imports) to "
+            "take the schema from instead of reflection (repeatable).",
+            rich_help_panel=SCHEMA,
+        ),
+    ] = None
+
+    @property
+    def given(self) -> bool:
+        """Whether any schema file was given."""
+        return bool(self.proto or self.protoset or self.import_path)
+
+    def load(self) -> descriptor_pb2.FileDescriptorSet | None:
+        """The files' descriptors (None when none were given); a CliError if they cannot
+        be read or compiled."""
+        try:
+            return load_schema(self.proto or (), self.import_path or (), self.protoset or ())
+        except SchemaError as error:
+            raise CliError(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,17 @@
-"""Descriptors from a server's reflection service, and resolving user-given names against them.
+"""Descriptors from a server's reflection service or from schema files, and resolving
+user-given names against them.
 
-`DescriptorSource` asks a server's reflection service its questions through the one
-reflection client, `grpctunnel.gateway.reflection_client.ask`, over any
-`grpc.aio.Channel` (a tunnel channel too): ``grpc.reflection.v1`` first, then
-``grpc.reflection.v1alpha`` when v1 is UNIMPLEMENTED; the version that answered is asked
-from then on. What goes wrong becomes the command's error: no reflection at all, a
-refusal of the caller (its status), any other failure. File descriptors, with their
-dependencies, go into a private `descriptor_pool.DescriptorPool`, never the process-wide
-default pool.
+`DescriptorSource` asks a `Schema` its questions (list the services, the file defining a
+symbol, a file by name) and resolves names the same way whatever answers them: a
+`ReflectionSchema` asks the server's reflection service through the one reflection
+client, `grpctunnel.gateway.reflection_client.ask`, over any `grpc.aio.Channel` (a
+tunnel channel too): ``grpc.reflection.v1`` first, then ``grpc.reflection.v1alpha`` when
+v1 is UNIMPLEMENTED; the version that answered is asked from then on. A `FileSchema`
+answers from the files given with ``--proto`` / ``--protoset``, and then only from them
+(as grpcurl does: a name they do not define is unknown, never asked of the server). What
+goes wrong becomes the command's error: no reflection at all, a refusal of the caller
+(its status), any other failure. File descriptors, with their dependencies, go into a
+private `descriptor_pool.DescriptorPool`, never the process-wide default pool.
 
 Name resolution accepts full names (``pkg.Svc/Method``, ``pkg.Svc.Method``) and short
 forms (``Svc/Method``, ``v1.Svc.Method``) that match the end of a listed service's full
@@ -18,7 +22,7 @@ name at a dot boundary. A name that matches nothing or more than one thing raise
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -32,13 +36,18 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
+from grpctunnel.gateway.reflection import undescribed_reason
 from grpctunnel.gateway.reflection_client import V1, V1ALPHA, ask
+from grpctunnel.gateway.schema_files import SchemaIndex
 from grpctunnel_cli.errors import ReflectionError, ResolutionError, StatusError
 from grpctunnel_cli.metadata import Metadata
 from grpctunnel_cli.rpc_status import error_status
 
 __all__ = [
     "DescriptorSource",
+    "FileSchema",
+    "ReflectionSchema",
+    "Schema",
     "Symbol",
     "iter_types",
     "match_names",
@@ -128,52 +137,52 @@ def iter_types(file: FileDescriptor) -> Iterable[Descriptor | EnumDescriptor]:
     yield from file.enum_types_by_name.values()
 
 
-# --- the reflection client ----------------------------------------------------------------
+# --- where descriptors come from ---------------------------------------------------------
 
 
 class _NotFound(Exception):
-    """The server's reflection service answered NOT_FOUND (or another error response)."""
+    """The schema does not know the file or symbol asked about."""
 
 
-class DescriptorSource:
-    """Lists services and fetches descriptors from a server's reflection service.
+class Schema(Protocol):
+    """Where a `DescriptorSource` gets its descriptors: a server's reflection, or files."""
 
-    One reflection RPC is made per question (one request, the first reply), so nothing is
-    left open; `metadata` and `timeout` apply to each of those RPCs.
-    """
+    @property
+    def origin(self) -> str:
+        """What it is, for messages: "the server's reflection", "the schema files"."""
+        ...
+
+    async def list_services(self) -> list[str]:
+        """The full names of the services it lists."""
+        ...
+
+    async def file_containing_symbol(self, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        """The file defining ``symbol`` first, possibly with others; `_NotFound` if none."""
+        ...
+
+    async def file_by_filename(self, name: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        """The file called ``name`` first, possibly with others; `_NotFound` if none."""
+        ...
+
+
+class ReflectionSchema:
+    """A server's reflection service, asked one question per RPC (one request, the first
+    reply), so nothing is left open; ``metadata`` and ``timeout`` apply to each RPC."""
+
+    origin = "the server's reflection"
 
     def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        metadata: Metadata = (),
-        timeout: float | None = None,
+        self, channel: grpc.aio.Channel, *, metadata: Metadata = (), timeout: float | None = None
     ) -> None:
         self._channel = channel
         self._metadata = tuple(metadata)
         self._timeout = timeout
-        self._pool = descriptor_pool.DescriptorPool()
-        self._installed: set[str] = set()
-        self._received: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-        self._path: str | None = None  # the reflection method that answered
-        self._services: list[str] | None = None
-
-    @property
-    def pool(self) -> descriptor_pool.DescriptorPool:
-        """The private pool holding every descriptor fetched so far."""
-        return self._pool
-
-    @property
-    def reflection_version(self) -> str | None:
-        """``"v1"`` or ``"v1alpha"`` once a reflection RPC has succeeded."""
-        return _VERSIONS[self._path] if self._path else None
-
-    # -- transport
+        self.path: str | None = None  # the reflection method that answered
 
     async def _ask(
         self, request: reflection_pb2.ServerReflectionRequest
     ) -> reflection_pb2.ServerReflectionResponse:
-        paths = (self._path,) if self._path else (V1, V1ALPHA)
+        paths = (self.path,) if self.path else (V1, V1ALPHA)
         try:
             answer = await ask(
                 self._channel, request, paths=paths, metadata=self._metadata, timeout=self._timeout
@@ -184,18 +193,117 @@ class DescriptorSource:
                 tried = " and ".join(f"grpc.reflection.{_VERSIONS[path]}" for path in paths)
                 raise ReflectionError(
                     f"the server does not offer reflection (tried {tried}; "
-                    f"UNIMPLEMENTED: {details})"
+                    f"UNIMPLEMENTED: {details}); give its schema with --proto or --protoset"
                 ) from None
             if code in _REFUSALS:
                 raise StatusError(code, details) from None
             raise ReflectionError(f"server reflection failed: {code.name}: {details}") from None
         if answer is None:
             raise ReflectionError("the server's reflection service sent no reply")
-        self._path = answer[0]
+        self.path = answer[0]
         response: reflection_pb2.ServerReflectionResponse = answer[1]
         if response.HasField("error_response"):
             raise _NotFound(response.error_response.error_message)
         return response
+
+    async def list_services(self) -> list[str]:
+        try:
+            response = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
+        except _NotFound as error:
+            raise ReflectionError(f"cannot list services: {error}") from None
+        return [s.name for s in response.list_services_response.service]
+
+    @staticmethod
+    def _files(
+        response: reflection_pb2.ServerReflectionResponse,
+    ) -> list[descriptor_pb2.FileDescriptorProto]:
+        files = []
+        for blob in response.file_descriptor_response.file_descriptor_proto:
+            proto = descriptor_pb2.FileDescriptorProto()
+            try:
+                proto.ParseFromString(blob)
+            except DecodeError:
+                raise ReflectionError("the server sent a malformed file descriptor") from None
+            files.append(proto)
+        return files
+
+    async def file_containing_symbol(self, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        return self._files(await self._ask(request))
+
+    async def file_by_filename(self, name: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        request = reflection_pb2.ServerReflectionRequest(file_by_filename=name)
+        return self._files(await self._ask(request))
+
+
+class FileSchema:
+    """Descriptors from schema files (``--proto``, ``--protoset``), in place of reflection."""
+
+    origin = "the schema files"
+
+    def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
+        self._index = SchemaIndex(files)
+
+    async def list_services(self) -> list[str]:
+        return self._index.services()
+
+    async def file_containing_symbol(self, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        name = self._index.file_containing_symbol(symbol)
+        if name is None:
+            raise _NotFound(symbol)
+        return self._index.closure(name)
+
+    async def file_by_filename(self, name: str) -> list[descriptor_pb2.FileDescriptorProto]:
+        found = self._index.closure(name)
+        if not found:
+            raise _NotFound(name)
+        return found
+
+
+# --- resolving names against a schema -----------------------------------------------------
+
+
+class DescriptorSource:
+    """Lists services and fetches descriptors from a `Schema`: by default, the reflection
+    service behind ``channel`` (``metadata`` and ``timeout`` apply to each reflection
+    RPC); with ``schema``, that instead. Every descriptor goes to a private pool.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel | None = None,
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,
+        schema: Schema | None = None,
+    ) -> None:
+        if schema is None:
+            if channel is None:
+                raise ValueError("a DescriptorSource needs a channel or a schema")
+            schema = ReflectionSchema(channel, metadata=metadata, timeout=timeout)
+        self._schema = schema
+        self._pool = descriptor_pool.DescriptorPool()
+        self._installed: set[str] = set()
+        self._received: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        self._services: list[str] | None = None
+
+    @property
+    def pool(self) -> descriptor_pool.DescriptorPool:
+        """The private pool holding every descriptor fetched so far."""
+        return self._pool
+
+    @property
+    def origin(self) -> str:
+        """Where the descriptors come from, for messages."""
+        return self._schema.origin
+
+    @property
+    def reflection_version(self) -> str | None:
+        """``"v1"`` or ``"v1alpha"`` once a reflection RPC has succeeded."""
+        schema = self._schema
+        if isinstance(schema, ReflectionSchema) and schema.path:
+            return _VERSIONS[schema.path]
+        return None
 
     # -- files
 
@@ -212,21 +320,14 @@ class DescriptorSource:
         try:
             self._pool.Add(proto)
         except (TypeError, ValueError, KeyError) as error:
-            raise ReflectionError(f"cannot load {name} from the server: {error}") from None
+            raise ReflectionError(f"cannot load {name} from {self.origin}: {error}") from None
         pending.discard(name)
         self._installed.add(name)
 
-    def _store(self, response: reflection_pb2.ServerReflectionResponse) -> list[str]:
-        names: list[str] = []
-        for blob in response.file_descriptor_response.file_descriptor_proto:
-            proto = descriptor_pb2.FileDescriptorProto()
-            try:
-                proto.ParseFromString(blob)
-            except DecodeError:
-                raise ReflectionError("the server sent a malformed file descriptor") from None
-            names.append(proto.name)
+    def _store(self, files: Sequence[descriptor_pb2.FileDescriptorProto]) -> list[str]:
+        for proto in files:
             self._received.setdefault(proto.name, proto)
-        return names
+        return [proto.name for proto in files]
 
     async def _fetch_missing(self, names: Iterable[str]) -> None:
         """Fetch, by file name, any dependency of `names` not yet received."""
@@ -235,16 +336,11 @@ class DescriptorSource:
             name = queue.pop()
             if name not in self._received:
                 try:
-                    response = await self._ask(
-                        reflection_pb2.ServerReflectionRequest(file_by_filename=name)
-                    )
+                    self._store(await self._schema.file_by_filename(name))
                 except _NotFound:
-                    raise ReflectionError(
-                        f"the server's reflection does not know file {name!r}"
-                    ) from None
-                self._store(response)
+                    raise ReflectionError(f"{self.origin} does not know file {name!r}") from None
                 if name not in self._received:
-                    raise ReflectionError(f"the server did not send file {name!r}")
+                    raise ReflectionError(f"{self.origin} did not give file {name!r}")
             queue.extend(self._received[name].dependency)
 
     async def file_containing_symbol(self, symbol: str) -> FileDescriptor | None:
@@ -254,12 +350,9 @@ class DescriptorSource:
         except KeyError:
             pass
         try:
-            response = await self._ask(
-                reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
-            )
+            names = self._store(await self._schema.file_containing_symbol(symbol))
         except _NotFound:
             return None
-        names = self._store(response)
         if not names:
             return None
         await self._fetch_missing(names)
@@ -274,37 +367,61 @@ class DescriptorSource:
         """Every file loaded so far."""
         return [self._pool.FindFileByName(name) for name in sorted(self._installed)]
 
+    def file_set(self, files: Iterable[FileDescriptor]) -> descriptor_pb2.FileDescriptorSet:
+        """``files`` and everything they import, each file after its imports (as protoc
+        writes ``--descriptor_set_out --include_imports``)."""
+        out = descriptor_pb2.FileDescriptorSet()
+        written: set[str] = set()
+
+        def add(name: str) -> None:
+            if name in written or name not in self._received:
+                return
+            written.add(name)
+            proto = self._received[name]
+            for dependency in proto.dependency:
+                add(dependency)
+            out.file.append(proto)
+
+        for file in files:
+            add(file.name)
+        return out
+
     # -- services
 
     async def list_services(self) -> list[str]:
-        """The full names of the services the server lists, sorted."""
+        """The full names of the services the schema lists, sorted."""
         if self._services is None:
-            try:
-                response = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
-            except _NotFound as error:
-                raise ReflectionError(f"cannot list services: {error}") from None
-            self._services = sorted({s.name for s in response.list_services_response.service})
+            self._services = sorted(set(await self._schema.list_services()))
         return list(self._services)
 
     async def service(self, full_name: str) -> ServiceDescriptor:
         """The descriptor of a service given by its full name."""
-        await self.file_containing_symbol(full_name)
+        file = await self.file_containing_symbol(full_name)
+        cannot = f"{self.origin} cannot describe service {full_name!r}"
+        if file is not None and file.name in self._received:
+            reason = undescribed_reason(self._received[file.name])
+            if reason is not None:
+                raise ResolutionError(f"{cannot}: {reason}")
         try:
             return self._pool.FindServiceByName(full_name)
         except KeyError:
-            raise ResolutionError(
-                f"the server's reflection cannot describe service {full_name!r}"
-            ) from None
+            raise ResolutionError(cannot) from None
 
-    async def services(self) -> list[ServiceDescriptor]:
-        """Descriptors of every listed service that reflection can describe."""
+    async def describe_services(self) -> tuple[list[ServiceDescriptor], list[ResolutionError]]:
+        """Descriptors of every listed service that can be described, and why each of the
+        others cannot."""
         found: list[ServiceDescriptor] = []
+        failed: list[ResolutionError] = []
         for name in await self.list_services():
             try:
                 found.append(await self.service(name))
-            except ResolutionError:
-                continue
-        return found
+            except ResolutionError as error:
+                failed.append(error)
+        return found, failed
+
+    async def services(self) -> list[ServiceDescriptor]:
+        """Descriptors of every listed service that can be described."""
+        return (await self.describe_services())[0]
 
     # -- resolution
 
@@ -384,6 +501,8 @@ class DescriptorSource:
             found = self._find_loaded(query)
         if found is not None:
             return found
+        if match_names(query, services):  # a service, even one that cannot be described
+            return await self.service(pick_name("service", query, services))
         described = await self.services()
         methods = {f"{s.full_name}.{m.name}": m for s in described for m in s.methods}
         types = {t.full_name: t for file in self.files() for t in iter_types(file)}

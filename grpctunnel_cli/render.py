@@ -324,6 +324,10 @@ class Renderer:
         for type_name, text in status_details(trailers, self.pool):
             self._err.print(Text.assemble("  detail ", (type_name, "cyan"), ": ", text))
 
+    def warning(self, message: str) -> None:
+        """Something the command could not do although it went on: ``WARNING: <message>``."""
+        self._err.print(Text.assemble(("WARNING:", "bold yellow"), " ", message))
+
     def info(self, text: str) -> None:
         """An informational line on stderr (never stdout, which is for data)."""
         self._err.print(Text(text))

@@ -1,8 +1,11 @@
 """Publishing a local gRPC backend through reverse tunnels (``grpctunnel expose``).
 
 :class:`Exposer` dials a tunnel server, opens reverse tunnels that announce a name and
-the backend's services (found by reflection on the backend, or given), and relays every
-call the server sends down them to the backend as raw bytes. It keeps the tunnels up:
+the backend's services (given, else those of its schema files, else found by reflection
+on the backend), and relays every call the server sends down them to the backend as raw
+bytes. Given schema files (``ExposeConfig.schema``), it answers the reflection questions
+that come down the tunnels itself, from them (`SchemaReflection`), so that a backend
+without reflection is described through the server all the same. It keeps the tunnels up:
 when one is lost it is reopened after a jittered, capped exponential backoff; when the
 backend is down, callers get UNAVAILABLE naming it and the tunnels stay up.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from grpctunnel import keepalive
@@ -37,6 +41,8 @@ from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.metrics import ExposerMetrics
 from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
+from grpctunnel.gateway.schema_files import SchemaIndex
+from grpctunnel.gateway.schema_reflection import SchemaReflection
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelClientOptions
 from grpctunnel.v1 import tunnel_pb2_grpc
@@ -110,7 +116,10 @@ class ExposeConfig:
     ``channel_options`` apply to both. The server connection also gets keepalive
     options (``keepalive_interval`` None turns them off). ``instance`` identifies this
     exposer to the server (one per process unless given) and ``epoch`` orders it among
-    the instances of its name: when it started, a newer one wins. ``max_message_length`` bounds
+    the instances of its name: when it started, a newer one wins. ``schema``, schema
+    files' descriptors (every import included), describes the backend in its place:
+    reflection through the tunnels is answered from it, and its services are announced
+    unless ``services`` names them. ``max_message_length`` bounds
     each relayed message both ways (the backend connection's gRPC limits and the
     tunnel's); None for no limit. ``establishment_timeout`` is the tunnels' (see
     ``TunnelOptions``); a tunnel whose process was frozen longer than the server may
@@ -136,6 +145,7 @@ class ExposeConfig:
     epoch: int = field(default_factory=time.time_ns)
     max_message_length: int | None = 64 * 1024 * 1024
     establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
+    schema: descriptor_pb2.FileDescriptorSet | None = None
 
     def tunnel_options(self, metadata: MetadataPairs) -> TunnelClientOptions:
         """The options of each tunnel, opened with ``metadata``."""
@@ -227,6 +237,7 @@ class Exposer:
             tunnel=config.name,
         )
         self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
+        self._schema = SchemaIndex(config.schema) if config.schema is not None else None
         housekeeping = Route(self._backend, f"backend {config.backend}", self.kinds)
         self._housekeeping = ProxyHandler(
             lambda method, md: housekeeping if method.startswith(_HOUSEKEEPING) else None
@@ -270,12 +281,23 @@ class Exposer:
         if self._on_change is not None:
             self._on_change(self.stats)
 
+    def _handlers(self) -> tuple[grpc.GenericRpcHandler[Any, Any], ...]:
+        """What answers the calls of a tunnel: the schema files' reflection if given, the
+        server's own questions to the backend, then every call to the backend."""
+        relays = (self._housekeeping, self.proxy)
+        return relays if self._schema is None else (SchemaReflection(self._schema), *relays)
+
     async def discover_services(self) -> list[str]:
-        """The services to announce: those named in the config, else the backend's
-        own by reflection (leaving out reflection and health, which the gateway
-        answers itself)."""
+        """The services to announce: those named in the config, else those of its
+        schema files, else the backend's own by reflection (leaving out reflection and
+        health, which the gateway answers itself)."""
         if self.config.services:
             return list(self.config.services)
+        if self._schema is not None:
+            defined = [s for s in self._schema.services() if s not in GATEWAY_ANSWERS]
+            if not defined:
+                raise ExposeError("the schema files define no services to expose")
+            return defined
         try:
             found = await list_backend_services(self._backend, timeout=self.config.connect_timeout)
         except grpc.aio.AioRpcError as e:
@@ -365,7 +387,7 @@ class Exposer:
                     options = config.tunnel_options((*announce, *config.metadata))
                     stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
                     rts = ReverseTunnelServer(stub, options)
-                    rts.add_generic_rpc_handlers((self._housekeeping, self.proxy))
+                    rts.add_generic_rpc_handlers(self._handlers())
                     tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)
                     self._up(index, services, server)
                     backoff.reset()

@@ -35,6 +35,60 @@ DEFAULT_DEADLINE = 3.0  # seconds for the tunnels to answer one question, all to
 DEFAULT_CACHE_ENTRIES = 1024
 DEFAULT_CACHE_SECONDS = 600.0
 
+# the name of the file that stands for a listed service no tunnel describes
+UNDESCRIBED_PREFIX = "grpctunnel/undescribed/"
+UNDESCRIBED_REASON = (
+    "no backend serving it describes it (a backend without reflection needs "
+    "`expose --proto` or `--protoset`)"
+)
+_SERVICE_PATH = (6, 0)  # FileDescriptorProto.service[0], in source_code_info paths
+
+
+def _reflection_v1_file() -> descriptor_pb2.FileDescriptorProto:
+    """grpc/reflection/v1/reflection.proto, which grpcio-reflection does not ship: the
+    v1alpha file under v1's names (the two versions' messages are the same)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    proto.ClearField("options")
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(old, new)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    return proto
+
+
+def undescribed_file(
+    service: str, reason: str = UNDESCRIBED_REASON
+) -> descriptor_pb2.FileDescriptorProto:
+    """The file standing for ``service`` when nothing describes it: the service, no
+    methods, and ``reason`` as its comment."""
+    package, _, name = service.rpartition(".")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name=f"{UNDESCRIBED_PREFIX}{service}.proto", package=package, syntax="proto3"
+    )
+    proto.service.add(name=name)
+    location = proto.source_code_info.location.add(path=_SERVICE_PATH, span=(0, 0, 0))
+    location.leading_comments = f" {reason}\n"
+    return proto
+
+
+def undescribed_reason(file: descriptor_pb2.FileDescriptorProto) -> str | None:
+    """Why the service of ``file`` is not described, when the file is one made by
+    `undescribed_file`; None for a real file."""
+    if not file.name.startswith(UNDESCRIBED_PREFIX):
+        return None
+    for location in file.source_code_info.location:
+        if tuple(location.path) == _SERVICE_PATH and location.leading_comments.strip():
+            return location.leading_comments.strip()
+    return "nothing describes it"
+
 
 class ReflectedServices(Protocol):
     """What merged reflection needs of the gateway."""
@@ -109,6 +163,7 @@ class MergedReflection:
         self.cache = cache or AnswerCache()
         for module in (tunnel_pb2, health_pb2, reflection_pb2):
             self._add(module.DESCRIPTOR)
+        self._pool.Add(_reflection_v1_file())
 
     def _add(self, file: Any) -> None:
         if file.name in self._added:
@@ -167,7 +222,10 @@ class MergedReflection:
         key = _learnable(request, kind)
         files: list[bytes] | None = None
         remote = await self._ask_tunnels(request, kind, path)
-        if remote is not None and remote.WhichOneof("message_response") != "file_descriptor_response":
+        if (
+            remote is not None
+            and remote.WhichOneof("message_response") != "file_descriptor_response"
+        ):
             files = None
             if key is None:  # another kind of question: the tunnel's answer as it is
                 return remote
@@ -180,9 +238,30 @@ class MergedReflection:
         if files is not None and self._visible(files, caller):
             response.file_descriptor_response.file_descriptor_proto.extend(files)
             return response
+        stand_in = self._undescribed(request, kind, caller) if files is None else None
+        if stand_in is not None:
+            response.file_descriptor_response.file_descriptor_proto.append(
+                stand_in.SerializeToString()
+            )
+            return response
         response.error_response.error_code = grpc.StatusCode.NOT_FOUND.value[0]
         response.error_response.error_message = "not found"
         return response
+
+    def _undescribed(
+        self, request: Any, kind: str | None, caller: md.MetadataPairs
+    ) -> descriptor_pb2.FileDescriptorProto | None:
+        """The stand-in file of a listed service the tunnels did not describe, if the
+        question is about one the caller may call."""
+        if kind == "file_containing_symbol":
+            service = request.file_containing_symbol
+        elif kind == "file_by_filename" and request.file_by_filename.startswith(UNDESCRIBED_PREFIX):
+            service = request.file_by_filename[len(UNDESCRIBED_PREFIX) :].removesuffix(".proto")
+        else:
+            return None
+        if service not in self._services.exposed() or not self._services.may_call(caller, service):
+            return None
+        return undescribed_file(service)
 
     def _visible(self, files: list[bytes], caller: md.MetadataPairs) -> bool:
         """Whether the caller may see an answer: not when the file it asked about
@@ -306,4 +385,12 @@ async def _reflect(channel: grpc.aio.Channel, request: Any, path: str, timeout: 
         return None
 
 
-__all__ = ["AnswerCache", "FirstHandler", "MergedReflection", "ReflectedServices"]
+__all__ = [
+    "UNDESCRIBED_PREFIX",
+    "AnswerCache",
+    "FirstHandler",
+    "MergedReflection",
+    "ReflectedServices",
+    "undescribed_file",
+    "undescribed_reason",
+]

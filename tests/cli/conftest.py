@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from grpctunnel_demo.service import start_demo_backend
 
 from .helpers import start_echo_server, start_two_echo_server
+from .kv_backend import KV_PROTO, KvMessages, kv_messages, protoc_descriptor_set, start_kv_backend
 
 
 @pytest.fixture
@@ -45,6 +47,27 @@ async def v1alpha_backend() -> AsyncIterator[str]:
 async def no_reflection_backend() -> AsyncIterator[str]:
     """Echo without any reflection."""
     server, address = await start_echo_server(reflection_versions=[])
+    try:
+        yield address
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def kv_protoset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/protos/kv/v1/kv.proto and its imports, as protoc writes them."""
+    return protoc_descriptor_set(tmp_path_factory.mktemp("kv") / "kv.protoset", KV_PROTO)
+
+
+@pytest.fixture(scope="session")
+def kv(kv_protoset: Path) -> KvMessages:
+    return kv_messages(kv_protoset)
+
+
+@pytest.fixture
+async def kv_backend(kv: KvMessages) -> AsyncIterator[str]:
+    """kvtest.v1.KV without reflection; yields its address."""
+    server, address = await start_kv_backend(kv)
     try:
         yield address
     finally:
