@@ -39,10 +39,10 @@ def describe(
         async with connect(connection, security) as connected:
             source = connected.source
             if symbol is None:
-                for found in await source.services():
+                for found in await connected.reflect(source.services()):
                     renderer.describe(found)
             else:
-                renderer.describe(await source.resolve_symbol(symbol))
+                renderer.describe(await connected.reflect(source.resolve_symbol(symbol)))
         return 0
 
     run(body, renderer)

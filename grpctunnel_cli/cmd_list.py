@@ -38,9 +38,9 @@ def list_services(
         async with connect(connection, security) as connected:
             source = connected.source
             if service is None:
-                renderer.names(await source.list_services())
+                renderer.names(await connected.reflect(source.list_services()))
             else:
-                found = await source.resolve_service(service)
+                found = await connected.reflect(source.resolve_service(service))
                 renderer.names(f"{found.full_name}.{m.name}" for m in found.methods)
         return 0
 
