@@ -62,6 +62,8 @@ async def connect(
     target, wants_tls = server_target(options.server)
     if wants_tls and not security.tls:
         security = dataclasses.replace(security, tls=True)
+    if options.authority is not None:
+        security = dataclasses.replace(security, authority=options.authority.strip())
     if security.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
     headers = parse_headers(options.headers or ())

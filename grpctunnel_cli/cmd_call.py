@@ -6,12 +6,14 @@ call with invoke.py and leaves every byte of output to render.py.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Annotated
 
 import grpc
 import typer
 
+from grpctunnel.gateway.proxy import MessageLimit
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
 from grpctunnel_cli.invoke import (
@@ -37,6 +39,7 @@ __all__ = ["DataFormat", "call"]
 # with --timeout, how long after the call's own gRPC deadline the command gives up
 # waiting for its status (the call then says DEADLINE_EXCEEDED itself)
 _CALL_GRACE = 0.25
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class DataFormat(str, enum.Enum):
@@ -129,6 +132,12 @@ def call(
                     allow_unknown=allow_unknown_fields,
                 )
 
+            own_limit = MessageLimit(
+                connection.max_message_length,
+                "call",
+                f"--max-msg-mib {connection.max_msg_mib:g} of `grpctunnel call`",
+            )
+
             async def calling() -> int:
                 code = 0
                 events = invoke(
@@ -139,6 +148,10 @@ def call(
                     timeout=connected.deadline.remaining(),
                 )
                 async for event in events:
+                    if isinstance(event, CallStatus) and event.code is _EXHAUSTED:
+                        explained = own_limit.explain(event.details)
+                        if explained is not None:
+                            event = dataclasses.replace(event, details=explained)
                     renderer.event(event)
                     if isinstance(event, CallStatus):
                         code = status_exit_code(event.code)

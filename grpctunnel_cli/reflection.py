@@ -67,10 +67,7 @@ def split_method_name(spec: str) -> tuple[str, str]:
     else:
         service, _, method = text.rpartition(".")
     if not service or not method or "/" in service:
-        raise ResolutionError(
-            f"{spec!r} is not a method name; write SERVICE/METHOD, "
-            "e.g. grpctunnel.demo.v1.Echo/Echo or Echo/Echo"
-        )
+        raise ResolutionError(f"{spec!r} is not a method name; write SERVICE/METHOD")
     return service.strip("."), method
 
 
@@ -340,6 +337,11 @@ class DescriptorSource:
                     f"{spec!r} is a service; name one of its methods:{_listing(methods)}",
                     tuple(methods),
                 ) from None
+            if "/" not in whole and "." not in whole:
+                raise ResolutionError(
+                    f"{spec!r} is not a method name; write SERVICE/METHOD"
+                    f"{await self._example_method()}"
+                ) from None
             raise
         method = service.methods_by_name.get(method_name)
         if method is None:
@@ -350,6 +352,21 @@ class DescriptorSource:
                 tuple(f"{service.full_name}/{m}" for m in methods),
             )
         return method
+
+    async def _example_method(self) -> str:
+        """ ", e.g. pkg.Svc/Method or Svc/Method" with a method of this server (one of
+        its own services rather than reflection's or health's); "" if it has none."""
+        names = await self.list_services()
+        own = [n for n in names if not n.startswith("grpc.")] or names
+        for name in own:
+            try:
+                service = await self.service(name)
+            except ResolutionError:
+                continue
+            if service.methods:
+                method = service.methods[0].name
+                return f", e.g. {service.full_name}/{method} or {service.name}/{method}"
+        return ""
 
     def _find_loaded(self, full_name: str) -> Symbol | None:
         finders = (

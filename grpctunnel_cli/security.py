@@ -96,6 +96,7 @@ class ClientSecurity:
     insecure: bool = False  # --insecure: trust the certificate the server shows
     shown_cert: bytes | None = None  # with --insecure: that certificate (PEM), once fetched
     shown_name: str | None = None  # with --insecure: a name that certificate holds
+    authority: str | None = None  # --authority: verified as the name without --servername
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """Channel credentials for TLS; None for plaintext."""
@@ -342,6 +343,13 @@ async def explain_failure(target: str, security: ClientSecurity, details: str) -
     lowered = details.lower()
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
         return UNTRUSTED_HINT
+    if "hostname verification" in lowered:
+        address = _host_port(target)
+        name = security.server_name or security.authority or (address[0] if address else target)
+        return (
+            f"the server's certificate does not hold the name {name!r} (--servername, or "
+            "--authority, names the one to verify)"
+        )
     if security.tls and ("wrong_version_number" in lowered or "record_layer" in lowered):
         return NOT_TLS_HINT
     if any(

@@ -35,7 +35,7 @@ from grpctunnel.client import ReverseTunnelServer
 from grpctunnel.gateway.announce import GATEWAY_ANSWERS, announce_metadata
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.metrics import ExposerMetrics
-from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
+from grpctunnel.gateway.proxy import MessageLimit, ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelClientOptions
@@ -112,7 +112,8 @@ class ExposeConfig:
     exposer to the server (one per process unless given) and ``epoch`` orders it among
     the instances of its name: when it started, a newer one wins. ``max_message_length`` bounds
     each relayed message both ways (the backend connection's gRPC limits and the
-    tunnel's); None for no limit. ``establishment_timeout`` is the tunnels' (see
+    tunnel's); None for no limit; ``limit_raised_by`` tells how to raise it, in the
+    error of a response over it (default: this field's name). ``establishment_timeout`` is the tunnels' (see
     ``TunnelOptions``); a tunnel whose process was frozen longer than the server may
     wait for a keepalive answer (``keepalive_timeout``) is dropped without starting the
     calls queued on it, since the server may have failed them already.
@@ -136,6 +137,16 @@ class ExposeConfig:
     epoch: int = field(default_factory=time.time_ns)
     max_message_length: int | None = 64 * 1024 * 1024
     establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
+    limit_raised_by: str | None = None
+
+    def message_limit(self) -> MessageLimit | None:
+        """The bound on a response from the backend, as the relay names it when over."""
+        if self.max_message_length is None:
+            return None
+        raised_by = self.limit_raised_by or (
+            f"the exposer's max_message_length ({self.max_message_length} bytes)"
+        )
+        return MessageLimit(self.max_message_length, "expose", raised_by)
 
     def tunnel_options(self, metadata: MetadataPairs) -> TunnelClientOptions:
         """The options of each tunnel, opened with ``metadata``."""
@@ -227,6 +238,7 @@ class Exposer:
             tunnel=config.name,
         )
         self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
+        self.proxy.limit = config.message_limit()
         housekeeping = Route(self._backend, f"backend {config.backend}", self.kinds)
         self._housekeeping = ProxyHandler(
             lambda method, md: housekeeping if method.startswith(_HOUSEKEEPING) else None
