@@ -52,6 +52,9 @@ Symbol = ServiceDescriptor | MethodDescriptor | Descriptor | EnumDescriptor
 # the command ends with that status (64 + N), as the call itself would have.
 _REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
+# Services of every server rather than of its own (an example of a method avoids them).
+_INFRASTRUCTURE = ("grpc.", "grpctunnel.v1.", "grpctunnel.admin.")
+
 # The version each reflection method path speaks, as `reflection_version` tells it.
 _VERSIONS = {V1: "v1", V1ALPHA: "v1alpha"}
 
@@ -354,10 +357,12 @@ class DescriptorSource:
         return method
 
     async def _example_method(self) -> str:
-        """ ", e.g. pkg.Svc/Method or Svc/Method" with a method of this server (one of
-        its own services rather than reflection's or health's); "" if it has none."""
+        """An example of a method of this server, as ", e.g. pkg.Svc/Method or
+        Svc/Method": of one of its own services rather than reflection's or a tunnel
+        server's own (health's, failing those); "" if it has none."""
         names = await self.list_services()
-        own = [n for n in names if not n.startswith("grpc.")] or names
+        own = [n for n in names if not n.startswith(_INFRASTRUCTURE)]
+        own += [n for n in names if n.startswith("grpc.health.")]
         for name in own:
             try:
                 service = await self.service(name)
