@@ -7,6 +7,8 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import shutil
 import socket
 import tempfile
@@ -16,9 +18,12 @@ from typing import Any
 
 import grpc
 import pytest
+from rich.console import Console
 from security.certs import Certs, make_certs
 from support.launcher import Launcher
 
+from grpctunnel.gateway.exposer import ExposeConfig, ExposeStats
+from grpctunnel_cli.cmd_expose import _status_table
 from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
@@ -568,3 +573,27 @@ async def test_expose_connect_timeout_is_per_attempt() -> None:
         "--insecure and --servername are options of call, list and describe; expose verifies "
         "the server with --ca-cert",
     )
+
+
+def _table_text(stats: ExposeStats) -> str:
+    config = ExposeConfig(backend="127.0.0.1:1", server="127.0.0.1:2", name="n")
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(_status_table(config, stats))
+    text: str = console.file.getvalue()  # type: ignore[attr-defined]
+    return text
+
+
+def test_expose_live_state_names_the_backend_when_it_is_down() -> None:
+    down = ExposeStats(state="reconnecting", last_error="cannot reach backend 127.0.0.1:1: x")
+    assert "state       waiting for backend 127.0.0.1:1 (0/1 tunnels up)" in _table_text(down)
+    server_down = ExposeStats(state="reconnecting", last_error="cannot reach server 127.0.0.1:2")
+    assert "state       reconnecting (0/1 tunnels up)" in _table_text(server_down)
+
+
+async def test_expose_logs_say_the_backend_is_down(launcher: Launcher) -> None:
+    server = await launcher.server()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+        proc = await launcher.start("expose", dead, "--to", server[1], "--name", "d")
+        await proc.wait_for(rf"WARNING cannot reach backend {re.escape(dead)}: UNAVAILABLE")
