@@ -37,8 +37,9 @@ from grpctunnel_cli.render import Renderer
 __all__ = ["DataFormat", "call"]
 
 # with --timeout, how long after the call's own gRPC deadline the command gives up
-# waiting for its status (the call then says DEADLINE_EXCEEDED itself)
-_CALL_GRACE = 0.25
+# waiting for its status: the call ends itself at its deadline and says so, so this only
+# ends a command still reading a unary call's request (from a stdin that stays open)
+_CALL_GRACE = 1.0
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
