@@ -421,9 +421,7 @@ class ClusterView:
         )
         holder.labels["claim"] = claim
         peer.claims[entry.id] = claim
-        listed = AdminEntry(
-            entry.kind, entry.name, entry.services, peer.describe(), node=entry.node
-        )
+        listed = AdminEntry(entry.kind, entry.name, entry.services, peer.describe(), node=entry.node)
         peer.listed[entry.id] = listed
         self.gateway.admin.opened(listed)
         if entry.kind == "reverse" and entry.services:

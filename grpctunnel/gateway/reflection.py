@@ -167,10 +167,7 @@ class MergedReflection:
         key = _learnable(request, kind)
         files: list[bytes] | None = None
         remote = await self._ask_tunnels(request, kind, path)
-        if (
-            remote is not None
-            and remote.WhichOneof("message_response") != "file_descriptor_response"
-        ):
+        if remote is not None and remote.WhichOneof("message_response") != "file_descriptor_response":
             files = None
             if key is None:  # another kind of question: the tunnel's answer as it is
                 return remote
