@@ -7,11 +7,14 @@ output to render.py.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from typing import Annotated
 
 import grpc
 import typer
 
+from grpctunnel.gateway.proxy import MessageLimit
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
 from grpctunnel_cli.invoke import (
@@ -20,6 +23,7 @@ from grpctunnel_cli.invoke import (
     json_values,
     request_messages,
     status_exit_code,
+    text_messages,
 )
 from grpctunnel_cli.options import (
     OUTPUT,
@@ -33,7 +37,20 @@ from grpctunnel_cli.options import (
 from grpctunnel_cli.render import Renderer
 from grpctunnel_cli.schema import ProtosetOutOption, file_of, file_source, write_protoset
 
-__all__ = ["call"]
+__all__ = ["DataFormat", "call"]
+
+# with --timeout, how long after the call's own gRPC deadline the command gives up
+# waiting for its status: the call ends itself at its deadline and says so, so this only
+# ends a command still reading a unary call's request (from a stdin that stays open)
+_CALL_GRACE = 1.0
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataFormat(str, enum.Enum):
+    """The format of request data and printed responses."""
+
+    json = "json"
+    text = "text"
 
 
 @option_groups
@@ -51,8 +68,9 @@ def call(
         typer.Argument(
             metavar="DATA",
             help="Request JSON: inline, @FILE, or @- for stdin. Several JSON values (one per "
-            "line, or concatenated) for client/bidi streaming. Omitted: an empty request "
-            "(no requests for a streaming method).",
+            "line, or concatenated) for client/bidi streaming; <...> may stand for the outer "
+            "{...} of an object. Omitted: an empty request (no requests for a streaming "
+            "method).",
         ),
     ] = None,
     *,
@@ -60,6 +78,24 @@ def call(
     security: SecurityOptions,
     schema: SchemaOptions,
     protoset_out: ProtosetOutOption = None,
+    data_format: Annotated[
+        DataFormat,
+        typer.Option(
+            "--format",
+            metavar="json|text",
+            help="Request data and responses as JSON, or as protobuf text format (several "
+            "requests separated by the 0x1E character; one response per line when piped).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = DataFormat.json,
+    allow_unknown_fields: Annotated[
+        bool,
+        switch(
+            "--allow-unknown-fields",
+            help="Ignore request fields the method's message does not have.",
+            panel=OUTPUT,
+        ),
+    ] = False,
     emit_defaults: Annotated[
         bool, switch("--emit-defaults", help="Show fields that hold default values.", panel=OUTPUT)
     ] = False,
@@ -83,30 +119,65 @@ def call(
     prints it on stderr and exits 64 + its code.
     """
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
+    renderer.text_format = data_format is DataFormat.text
 
     async def body() -> int:
         files = await file_source(schema)
         async with connect(connection, security) as connected:
             source = files or connected.source
-            resolved = await source.resolve_method(method)
+            resolved = await connected.reflect(source.resolve_method(method))
             write_protoset(protoset_out, source, [file_of(resolved)])
             renderer.pool = source.pool
             renderer.request_start(resolved, connected.metadata)
-            requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
-            calling = invoke(
-                connected.channel,
-                resolved,
-                requests,
-                metadata=connected.metadata,
-                timeout=connection.timeout,
+            if data_format is DataFormat.text:
+                requests = text_messages(
+                    data, resolved.input_type, pool=source.pool, allow_unknown=allow_unknown_fields
+                )
+            else:
+                requests = request_messages(
+                    json_values(data),
+                    resolved.input_type,
+                    pool=source.pool,
+                    allow_unknown=allow_unknown_fields,
+                )
+
+            own_limit = MessageLimit(
+                connection.max_message_length,
+                "call",
+                f"--max-msg-mib {connection.max_msg_mib:g} of `grpctunnel call`",
             )
-            code = 0
-            async for event in calling:
-                renderer.event(event)
-                if isinstance(event, CallStatus):
-                    code = status_exit_code(event.code)
-                    if event.code is grpc.StatusCode.UNAUTHENTICATED:
-                        renderer.info(f"  hint: {connected.security.token_hint()}")
-            return code
+
+            async def calling() -> int:
+                code = 0
+                events = invoke(
+                    connected.channel,
+                    resolved,
+                    requests,
+                    metadata=connected.metadata,
+                    timeout=connected.deadline.remaining(),
+                )
+                async for event in events:
+                    if isinstance(event, CallStatus) and event.code is _EXHAUSTED:
+                        explained = own_limit.explain(event.details)
+                        if explained is not None:
+                            event = dataclasses.replace(event, details=explained)
+                    renderer.event(event)
+                    if isinstance(event, CallStatus):
+                        code = status_exit_code(event.code)
+                        _hint(event.code)
+                return code
+
+            def _hint(code: grpc.StatusCode) -> None:
+                if code is grpc.StatusCode.UNAUTHENTICATED:
+                    renderer.info(f"  hint: {connected.security.token_hint()}")
+                elif code is grpc.StatusCode.DEADLINE_EXCEEDED and connection.timeout:
+                    renderer.info(
+                        f"  hint: the call did not end within --timeout {connection.timeout:g}s "
+                        "(which bounds connecting, reflection and the call)"
+                    )
+
+            return await connected.deadline.within(
+                calling(), "waiting for the call", grace=_CALL_GRACE
+            )
 
     run(body, renderer)

@@ -70,7 +70,7 @@ def describe(
             await show(files)
             return 0
         async with connect(connection, security) as connected:
-            await show(connected.source)
+            await connected.reflect(show(connected.source))
         return 0
 
     run(body, renderer)

@@ -26,7 +26,6 @@ from grpctunnel_cli.logs import setup_logging
 from grpctunnel_cli.options import (
     CONNECTION,
     DEFAULT_CONNECT_TIMEOUT,
-    ConnectTimeoutOption,
     LogFormat,
     LogFormatOption,
     MetricsOptions,
@@ -65,7 +64,16 @@ def expose(
             rich_help_panel=CONNECTION,
         ),
     ],
-    connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            metavar="SECONDS",
+            help="Time each attempt to open a tunnel may take (expose keeps retrying, "
+            "with backoff, until stopped).",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = DEFAULT_CONNECT_TIMEOUT,
     backoff_cap: Annotated[
         float,
         typer.Option(
@@ -131,6 +139,11 @@ def expose(
 
     async def body() -> int:
         security = security_options.read()
+        if security.insecure or security.server_name is not None:
+            raise UsageError(
+                "--insecure and --servername are options of call, list and describe; "
+                "expose verifies the server with --ca-cert"
+            )
         servers = list(dict.fromkeys(s.strip() for entry in to for s in entry.split(",")))
         servers = [s for s in servers if s]
         if not servers:
@@ -152,6 +165,7 @@ def expose(
             establishment_timeout=relay.establishment_timeout,
             max_message_length=relay.max_message_length,
             schema=files,
+            limit_raised_by=f"--max-message-mib {relay.max_message_mib} of `grpctunnel expose`",
         )
         live: Live | None = None
 
@@ -218,11 +232,12 @@ def _status_table(config: ExposeConfig, stats: ExposeStats) -> Table:
     """The live view: what is exposed where, the tunnels up, the calls relayed."""
     table = Table(show_header=False, box=None, padding=(0, 1))
     color = {"connected": "green", "reconnecting": "yellow"}.get(stats.state, "cyan")
+    state = stats.state
+    if state == "reconnecting" and stats.last_error.startswith("cannot reach backend"):
+        state = f"waiting for backend {config.backend}"
     server = stats.server or ", ".join(config.servers)
     table.add_row("expose", f"{config.backend} → {server} as [bold]{config.name}[/]")
-    table.add_row(
-        "state", f"[{color}]{stats.state}[/] ({stats.tunnels_up}/{config.tunnels} tunnels up)"
-    )
+    table.add_row("state", f"[{color}]{state}[/] ({stats.tunnels_up}/{config.tunnels} tunnels up)")
     table.add_row(
         "calls",
         f"{stats.calls_in_flight} in flight, {stats.calls_total} done, {stats.calls_failed} failed",

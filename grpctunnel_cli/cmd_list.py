@@ -57,7 +57,7 @@ def list_services(
             await show(files)
             return 0
         async with connect(connection, security) as connected:
-            await show(connected.source)
+            await connected.reflect(show(connected.source))
         return 0
 
     run(body, renderer)

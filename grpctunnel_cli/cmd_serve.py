@@ -264,6 +264,7 @@ def serve(
                 credentials=credentials,
                 authority=authority,
                 max_message_length=relay.max_message_length,
+                limit_raised_by=f"--max-message-mib {relay.max_message_mib} of `grpctunnel serve`",
                 max_streams_per_tunnel=max_streams,
                 keepalive_interval=relay.keepalive_interval,
                 keepalive_timeout=relay.keepalive_timeout,

@@ -10,6 +10,7 @@ then ``opened`` / ``closed``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import sys
@@ -25,7 +26,7 @@ from rich.text import Text
 
 from grpctunnel.admin.v1 import admin_pb2, admin_pb2_grpc
 from grpctunnel_cli.command import on_stop_signal, run
-from grpctunnel_cli.connect import connected_channel
+from grpctunnel_cli.connect import connected_channel, server_target
 from grpctunnel_cli.errors import StatusError
 from grpctunnel_cli.metadata import parse_headers
 from grpctunnel_cli.options import (
@@ -84,9 +85,16 @@ def tunnels(
 
     async def body() -> int:
         secure = security.read()
-        metadata = (*parse_headers(connection.headers or ()), *secure.metadata())
+        target, wants_tls = server_target(connection.server)
+        if wants_tls:
+            secure = dataclasses.replace(secure, tls=True)
+        headers = (*(connection.headers or ()), *(connection.rpc_headers or ()))
+        metadata = (*parse_headers(headers), *secure.metadata())
         async with connected_channel(
-            connection.server, connect_timeout=connection.connect_timeout, security=secure
+            target,
+            connect_timeout=connection.connect_timeout,
+            security=secure,
+            options=connection.channel_options(),
         ) as channel:
             stub: Any = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
             try:

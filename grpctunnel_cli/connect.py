@@ -10,24 +10,56 @@ up, or a certificate was not accepted, says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
 
-from grpctunnel_cli.errors import ConnectError, TlsMismatchError
-from grpctunnel_cli.security import ClientSecurity, explain_failure
+from grpctunnel_cli.deadline import Deadline
+from grpctunnel_cli.errors import ConnectError, TlsMismatchError, UsageError
+from grpctunnel_cli.security import ClientSecurity, explain_failure, fetch_certificate
 
 __all__ = [
     "DEFAULT_SERVER",
     "SERVER_ENV",
     "connected_channel",
     "open_channel",
+    "server_target",
     "wait_until_ready",
 ]
 
 SERVER_ENV = "GRPCTUNNEL_SERVER"
 DEFAULT_SERVER = "localhost:50051"
+
+# Schemes --server may carry: whether each implies TLS.
+_SCHEMES = {"http": False, "grpc": False, "https": True, "grpcs": True}
+
+
+def server_target(server: str) -> tuple[str, bool]:
+    """The grpc target ``--server`` names, and whether its scheme asks for TLS.
+
+    ``HOST:PORT`` and grpc's own targets (``unix:///PATH``, ``unix:PATH``, ``dns:///``,
+    ``ipv4:``, ``ipv6:``) are taken as they are; ``http://`` and ``grpc://`` are
+    stripped, ``https://`` and ``grpcs://`` too, implying TLS. Any other scheme, or a
+    path after the port, is a UsageError saying what is expected."""
+    text = server.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() in ("unix", "dns", "unix-abstract", "vsock"):
+        return text, False
+    if scheme.lower() not in _SCHEMES:
+        raise UsageError(
+            f"--server {server!r}: unknown scheme {scheme + '://'!r}; give HOST:PORT, "
+            "unix:///PATH, or http://, https://, grpc://, grpcs:// before HOST:PORT"
+        )
+    address = rest.rstrip("/")
+    if not address or "/" in address:
+        raise UsageError(
+            f"--server {server!r}: give HOST:PORT after {scheme}:// (no path: gRPC "
+            "methods are named by the command)"
+        )
+    return address, _SCHEMES[scheme.lower()]
+
 
 # A method no server has; calling it on a failed channel makes grpc say why it failed.
 _PROBE_METHOD = "/grpctunnel.cli.v1.Probe/Probe"
@@ -88,21 +120,40 @@ def open_channel(
     """A channel to `target`, with TLS when `security` asks for it (not yet connected)."""
     credentials = security.credentials() if security is not None else None
     if credentials is not None:
-        return grpc.aio.secure_channel(target, credentials, options=options)
+        assert security is not None
+        return grpc.aio.secure_channel(
+            target, credentials, options=[*security.channel_options(), *(options or ())]
+        )
     return grpc.aio.insecure_channel(target, options=options)
 
 
 @asynccontextmanager
 async def connected_channel(
-    target: str, *, connect_timeout: float, security: ClientSecurity | None = None
+    target: str,
+    *,
+    connect_timeout: float,
+    security: ClientSecurity | None = None,
+    options: list[tuple[str, object]] | None = None,
+    deadline: Deadline | None = None,
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to `target` (TLS if `security` says so), connected before it is yielded
-    and closed after."""
+    """A channel to `target` (TLS if `security` says so, with grpc channel `options`),
+    connected before it is yielded and closed after. With a `deadline`, connecting
+    ends with it too (DEADLINE_EXCEEDED) if it comes before `connect_timeout`."""
     if not target.strip():
         raise ConnectError("no server address given (use --server or $GRPCTUNNEL_SERVER)")
-    channel = open_channel(target, security)
+    bound = deadline or Deadline(None)
+    if security is not None and security.insecure and security.shown_cert is None:
+        pem, name = await bound.within(
+            fetch_certificate(target, security.server_name, connect_timeout),
+            f"connecting to {target}",
+        )
+        security = dataclasses.replace(security, shown_cert=pem, shown_name=name)
+    channel = open_channel(target, security, options)
     try:
-        await wait_until_ready(channel, target, connect_timeout, security)
+        await bound.within(
+            wait_until_ready(channel, target, connect_timeout, security),
+            f"connecting to {target}",
+        )
         yield channel
     finally:
         await channel.close(grace=None)

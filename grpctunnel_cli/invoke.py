@@ -3,7 +3,10 @@
 Request data (the DATA argument) is JSON in the proto3 JSON mapping: inline text, ``@file``,
 ``@-`` for stdin, or nothing. It holds any number of JSON values, one per line or simply
 concatenated; a value may span lines. Values are read as they arrive, so a streaming call
-can be fed interactively from stdin.
+can be fed interactively from stdin. An object may be written with angle brackets in
+place of its outer braces (``<"msg": "hi">``). With ``--format text`` the data is
+protobuf text format instead, messages separated by the record separator (0x1E), as
+grpcurl writes them.
 
 `invoke` runs any of the four kinds of call over a `grpc.aio.Channel` (only through its
 ``unary_unary`` / ``unary_stream`` / ``stream_unary`` / ``stream_stream``), and yields a
@@ -25,13 +28,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format, message_factory
+from google.protobuf import json_format, message_factory, text_format
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import Message
 
 from grpctunnel_cli.errors import CliError, InputError
 from grpctunnel_cli.metadata import Metadata, MetadataValue
+from grpctunnel_cli.request_check import check_json
 from grpctunnel_cli.rpc_status import FirstStatus, as_metadata, error_status
 
 __all__ = [
@@ -48,7 +52,10 @@ __all__ = [
     "parse_message",
     "request_messages",
     "status_exit_code",
+    "text_messages",
 ]
+
+RECORD_SEPARATOR = "\x1e"  # between messages in text format, as grpcurl writes them
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -126,24 +133,69 @@ def parse_message(
     *,
     pool: DescriptorPool | None = None,
     where: str = "request",
+    allow_unknown: bool = False,
 ) -> Message:
-    """A message from one parsed JSON value; unknown fields are an InputError."""
+    """A message from one parsed JSON value; a value that does not fit (unknown fields
+    too, unless `allow_unknown`) is an InputError saying where and what."""
+    check_json(value, descriptor, where=where, allow_unknown=allow_unknown)
     message = message_class(descriptor)()
     try:
-        json_format.ParseDict(value, message, ignore_unknown_fields=False, descriptor_pool=pool)
+        json_format.ParseDict(
+            value, message, ignore_unknown_fields=allow_unknown, descriptor_pool=pool
+        )
     except (json_format.ParseError, TypeError, ValueError, AttributeError) as error:
-        raise InputError(f"{where} is not a valid {descriptor.full_name}: {error}") from None
+        reason = " ".join(str(error).split())
+        raise InputError(f"{where} is not a valid {descriptor.full_name}: {reason}") from None
     return message
 
 
 async def request_messages(
-    values: AsyncIterable[Any], descriptor: Descriptor, *, pool: DescriptorPool | None = None
+    values: AsyncIterable[Any],
+    descriptor: Descriptor,
+    *,
+    pool: DescriptorPool | None = None,
+    allow_unknown: bool = False,
 ) -> AsyncIterator[Message]:
     """Messages from JSON values, converted as they arrive."""
     number = 0
     async for value in values:
         number += 1
-        yield parse_message(value, descriptor, pool=pool, where=f"request {number}")
+        yield parse_message(
+            value, descriptor, pool=pool, where=f"request {number}", allow_unknown=allow_unknown
+        )
+
+
+async def text_messages(
+    data: str | None,
+    descriptor: Descriptor,
+    *,
+    pool: DescriptorPool | None = None,
+    allow_unknown: bool = False,
+    stdin: TextIO | None = None,
+) -> AsyncIterator[Message]:
+    """Messages from request data in protobuf text format (inline, ``@file`` or ``@-``,
+    read whole), separated by the record separator (0x1E)."""
+    if data is None:
+        return
+    if data == "@-":
+        text = "".join([line async for line in _lines(stdin if stdin is not None else sys.stdin)])
+    else:
+        text, _ = _read_source(data)
+    parts = text.split(RECORD_SEPARATOR)
+    for number, part in enumerate(parts, 1):
+        if not part.strip() and len(parts) > 1:
+            continue
+        message = message_class(descriptor)()
+        try:
+            text_format.Parse(
+                part, message, allow_unknown_field=allow_unknown, descriptor_pool=pool
+            )
+        except text_format.ParseError as error:
+            reason = " ".join(str(error).split())
+            raise InputError(
+                f"request {number} is not a valid {descriptor.full_name} in text format: {reason}"
+            ) from None
+        yield message
 
 
 # --- JSON request data --------------------------------------------------------------------
@@ -153,8 +205,9 @@ class JsonValueSplitter:
     """Splits text into JSON values: one per line, concatenated, or spanning lines.
 
     Feed it text (whole lines at a time for streaming input); it returns each value as soon
-    as the text fed so far closes every open bracket and string. Errors name the line and
-    column in the whole input.
+    as the text fed so far closes every open bracket and string. A value opened with ``<``
+    is an object whose outer braces are written as angle brackets: they are read as
+    braces. Errors name the line and column in the whole input.
     """
 
     def __init__(self, source: str = "request data") -> None:
@@ -164,11 +217,13 @@ class JsonValueSplitter:
         self._depth = 0
         self._in_string = False
         self._escaped = False
+        self._angled = False  # the value being read was opened with "<"
         self._line = 1  # line number of the next character fed
         self._buffer_line = 1  # line number where the buffer starts
 
     def feed(self, text: str) -> list[Any]:
         """Take more text; return the values it completes."""
+        read: list[str] = []
         for char in text:
             if self._in_string:
                 if self._escaped:
@@ -183,6 +238,12 @@ class JsonValueSplitter:
                 self._depth += 1
             elif char in "}]":
                 self._depth -= 1
+            elif char == "<" and self._depth == 0:
+                self._depth, self._angled, char = 1, True, "{"
+            elif char == ">" and self._depth == 1 and self._angled:
+                self._depth, self._angled, char = 0, False, "}"
+            read.append(char)
+        text = "".join(read)
         self._buffer.append(text)
         if self._depth <= 0 and not self._in_string:
             values = self._flush()
@@ -202,6 +263,7 @@ class JsonValueSplitter:
         self._depth = 0
         self._in_string = False
         self._escaped = False
+        self._angled = False
         values: list[Any] = []
         position = 0
         while True:

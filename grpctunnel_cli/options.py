@@ -148,7 +148,8 @@ class ConnectionOptions:
             envvar=SERVER_ENV,
             show_envvar=True,
             metavar="HOST:PORT",
-            help="Server to connect to.",
+            help="Server to connect to: HOST:PORT, unix:///PATH (a Unix socket), or "
+            "http://, grpc:// (plaintext), https://, grpcs:// (TLS) then HOST:PORT.",
             rich_help_panel=CONNECTION,
         ),
     ] = DEFAULT_SERVER
@@ -163,20 +164,75 @@ class ConnectionOptions:
             rich_help_panel=CONNECTION,
         ),
     ] = None
+    rpc_headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rpc-header",
+            metavar="'KEY: VALUE'",
+            help="Like -H, but sent with the call only, not with reflection requests.",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None
+    reflect_headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reflect-header",
+            metavar="'KEY: VALUE'",
+            help="Like -H, but sent with reflection requests only, not with the call.",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None
+    authority: Annotated[
+        str | None,
+        typer.Option(
+            "--authority",
+            metavar="NAME",
+            help="The :authority of every request (default: the server's address).",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None
     timeout: Annotated[
         float | None,
         typer.Option(
             "--timeout",
             metavar="SECONDS",
-            help="Deadline of the call, and of each reflection request (those default to 30).",
+            help="Deadline of the whole command: connecting, reflection and the call "
+            "(exit 68, DEADLINE_EXCEEDED, when it passes).",
             rich_help_panel=CONNECTION,
         ),
     ] = None
     connect_timeout: ConnectTimeoutOption = DEFAULT_CONNECT_TIMEOUT
+    max_msg_mib: Annotated[
+        float,
+        typer.Option(
+            "--max-msg-mib",
+            metavar="MIB",
+            help="Largest message the command accepts from the server, in MiB.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = DEFAULT_MAX_MESSAGE_LENGTH // MIB
 
     def __post_init__(self) -> None:
         _check_timeout(self.timeout, "--timeout")
         _check_timeout(self.connect_timeout, "--connect-timeout")
+        if not self.max_msg_mib > 0:
+            raise typer.BadParameter("must be a positive number of MiB", param_hint="--max-msg-mib")
+        if self.authority is not None and not self.authority.strip():
+            raise typer.BadParameter("must not be empty", param_hint="--authority")
+
+    @property
+    def max_message_length(self) -> int:
+        """--max-msg-mib in bytes."""
+        return int(self.max_msg_mib * MIB)
+
+    def channel_options(self) -> list[tuple[str, object]]:
+        """The grpc channel options these options ask for."""
+        options: list[tuple[str, object]] = [
+            ("grpc.max_receive_message_length", self.max_message_length)
+        ]
+        if self.authority is not None:
+            options.append(("grpc.default_authority", self.authority.strip()))
+        return options
 
 
 @dataclass(frozen=True)
@@ -232,6 +288,25 @@ class SecurityOptions:
             rich_help_panel=SECURITY,
         ),
     ] = None
+    servername: Annotated[
+        str | None,
+        typer.Option(
+            "--servername",
+            metavar="NAME",
+            help="The name the server's certificate must hold, when not the host's "
+            "(and the TLS server name sent).",
+            rich_help_panel=SECURITY,
+        ),
+    ] = None
+    insecure: Annotated[
+        bool,
+        switch(
+            "--insecure",
+            help="TLS without verifying the server's certificate (implies --tls; never "
+            "in production).",
+            panel=SECURITY,
+        ),
+    ] = False
 
     def read(self) -> ClientSecurity:
         """The files read and the options checked (a CliError if they cannot be)."""
@@ -242,6 +317,8 @@ class SecurityOptions:
             ca_cert=self.ca_cert,
             cert=self.cert,
             key=self.key,
+            server_name=self.servername,
+            insecure=self.insecure,
         )
 
 

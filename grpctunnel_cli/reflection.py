@@ -61,6 +61,9 @@ Symbol = ServiceDescriptor | MethodDescriptor | Descriptor | EnumDescriptor
 # the command ends with that status (64 + N), as the call itself would have.
 _REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
+# Services of every server rather than of its own (an example of a method avoids them).
+_INFRASTRUCTURE = ("grpc.", "grpctunnel.v1.", "grpctunnel.admin.")
+
 # The version each reflection method path speaks, as `reflection_version` tells it.
 _VERSIONS = {V1: "v1", V1ALPHA: "v1alpha"}
 
@@ -76,10 +79,7 @@ def split_method_name(spec: str) -> tuple[str, str]:
     else:
         service, _, method = text.rpartition(".")
     if not service or not method or "/" in service:
-        raise ResolutionError(
-            f"{spec!r} is not a method name; write SERVICE/METHOD, "
-            "e.g. grpctunnel.demo.v1.Echo/Echo or Echo/Echo"
-        )
+        raise ResolutionError(f"{spec!r} is not a method name; write SERVICE/METHOD")
     return service.strip("."), method
 
 
@@ -457,6 +457,11 @@ class DescriptorSource:
                     f"{spec!r} is a service; name one of its methods:{_listing(methods)}",
                     tuple(methods),
                 ) from None
+            if "/" not in whole and "." not in whole:
+                raise ResolutionError(
+                    f"{spec!r} is not a method name; write SERVICE/METHOD"
+                    f"{await self._example_method()}"
+                ) from None
             raise
         method = service.methods_by_name.get(method_name)
         if method is None:
@@ -467,6 +472,23 @@ class DescriptorSource:
                 tuple(f"{service.full_name}/{m}" for m in methods),
             )
         return method
+
+    async def _example_method(self) -> str:
+        """An example of a method of this server, as ", e.g. pkg.Svc/Method or
+        Svc/Method": of one of its own services rather than reflection's or a tunnel
+        server's own (health's, failing those); "" if it has none."""
+        names = await self.list_services()
+        own = [n for n in names if not n.startswith(_INFRASTRUCTURE)]
+        own += [n for n in names if n.startswith("grpc.health.")]
+        for name in own:
+            try:
+                service = await self.service(name)
+            except ResolutionError:
+                continue
+            if service.methods:
+                method = service.methods[0].name
+                return f", e.g. {service.full_name}/{method} or {service.name}/{method}"
+        return ""
 
     def _find_loaded(self, full_name: str) -> Symbol | None:
         finders = (

@@ -1,7 +1,8 @@
 """All output of the command: data to stdout, diagnostics to stderr.
 
 Response messages go to stdout: pretty, colored JSON on a terminal, one compact JSON line
-per message otherwise (so the output pipes into ``jq`` or ``wc -l``). Errors go to stderr as
+per message otherwise (so the output pipes into ``jq`` or ``wc -l``); in protobuf text
+format instead with ``--format text`` (multi-line on a terminal, one line otherwise). Errors go to stderr as
 ``ERROR: <CODE_NAME>: <message>`` followed by any rich error details (the
 ``google.rpc.Status`` in ``grpc-status-details-bin``). Verbose mode adds the request
 headers, response headers, trailers and timing, on stderr. Nothing else prints.
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, text_format
 from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
@@ -260,6 +261,7 @@ class Renderer:
         self.emit_defaults = emit_defaults
         self.proto_names = proto_names
         self.pool = pool
+        self.text_format = False  # responses in protobuf text format, not JSON
 
     @property
     def pretty(self) -> bool:
@@ -274,6 +276,12 @@ class Renderer:
 
     def message(self, message: Message) -> None:
         """One response message."""
+        if self.text_format:
+            text = text_format.MessageToString(
+                message, as_one_line=not self.pretty, descriptor_pool=self.pool
+            )
+            self._line(text.rstrip("\n") if self.pretty else text)
+            return
         if self.pretty:
             self._out.print_json(
                 message_to_json(

@@ -2,9 +2,15 @@
 that fail.
 
 The client side (`call`, `list`, `describe`, `expose`) reads ``--tls``, ``--ca-cert``,
-``--cert``/``--key`` and ``--token``/``--token-file``/``$GRPCTUNNEL_TOKEN`` (declared in
-options.py) into one `ClientSecurity`: channel credentials and the ``authorization``
-metadata to send.
+``--cert``/``--key``, ``--servername``, ``--insecure`` and
+``--token``/``--token-file``/``$GRPCTUNNEL_TOKEN`` (declared in options.py) into one
+`ClientSecurity`: channel credentials, channel options and the ``authorization`` metadata
+to send.
+
+grpcio cannot skip the verification of a server's certificate, so ``--insecure`` trusts
+whatever certificate the server shows: `fetch_certificate` takes it with one TLS
+handshake that verifies nothing, and the channel then trusts that certificate alone
+(as a partial chain) under a name it holds.
 
 When a connection fails, grpc's own words ("Socket closed", "WRONG_VERSION_NUMBER") do not
 say that TLS and plaintext were mixed up. `explain_failure` turns them into a hint; where
@@ -22,17 +28,19 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from grpctunnel.gateway.auth import bearer_metadata
-from grpctunnel_cli.errors import CliError, UsageError
+from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError, UsageError
 
 __all__ = [
     "TOKEN_ENV",
     "ClientSecurity",
     "client_security",
     "explain_failure",
+    "fetch_certificate",
     "is_loopback",
     "probe_tls",
     "read_file",
@@ -84,14 +92,27 @@ class ClientSecurity:
     cert_path: Path | None = None
     key_path: Path | None = None
     token: str | None = None
+    server_name: str | None = None  # --servername: the name the certificate must hold
+    insecure: bool = False  # --insecure: trust the certificate the server shows
+    shown_cert: bytes | None = None  # with --insecure: that certificate (PEM), once fetched
+    shown_name: str | None = None  # with --insecure: a name that certificate holds
+    authority: str | None = None  # --authority: verified as the name without --servername
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """Channel credentials for TLS; None for plaintext."""
         if not self.tls:
             return None
+        roots = self.shown_cert if self.insecure else self.ca_cert
         return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_cert, private_key=self.key, certificate_chain=self.cert
+            root_certificates=roots, private_key=self.key, certificate_chain=self.cert
         )
+
+    def channel_options(self) -> list[tuple[str, object]]:
+        """The channel options TLS needs: the server name to verify, if not the host's."""
+        name = self.shown_name if self.insecure else self.server_name
+        if not self.tls or name is None:
+            return []
+        return [("grpc.ssl_target_name_override", name)]
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata carrying the token, on every request (none without a token)."""
@@ -112,12 +133,20 @@ def client_security(
     ca_cert: Path | None,
     cert: Path | None,
     key: Path | None,
+    server_name: str | None = None,
+    insecure: bool = False,
 ) -> ClientSecurity:
     """Reads and checks the security options of a client command."""
     if (cert is None) != (key is None):
         raise UsageError("--cert and --key go together")
+    if insecure and ca_cert is not None:
+        raise UsageError("give either --insecure or --ca-cert, not both")
+    if server_name is not None and not server_name.strip():
+        raise UsageError("--servername is empty")
     return ClientSecurity(
-        tls=tls or ca_cert is not None or cert is not None,
+        tls=tls or insecure or ca_cert is not None or cert is not None,
+        server_name=server_name.strip() if server_name is not None else None,
+        insecure=insecure,
         ca_cert=read_file(ca_cert, "--ca-cert") if ca_cert is not None else None,
         cert=read_file(cert, "--cert") if cert is not None else None,
         key=read_file(key, "--key") if key is not None else None,
@@ -218,12 +247,109 @@ async def probe_tls(
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
+def _names_held(cert: dict[str, Any]) -> list[str]:
+    """The names a certificate (as ``getpeercert()`` gives it) holds: DNS and IP
+    alternative names, then its common name."""
+    names = [
+        value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address")
+    ]
+    for part in cert.get("subject", ()):
+        names += [value for key, value in part if key == "commonName"]
+    return [name for name in names if "*" not in name]
+
+
+async def fetch_certificate(
+    target: str, server_name: str | None, timeout: float
+) -> tuple[bytes, str]:
+    """The certificate a TLS server at ``target`` shows (PEM) and a name it holds, for
+    ``--insecure``: nothing is verified. ``server_name`` is sent as SNI when given.
+    A ConnectError when no TLS handshake can be made."""
+    address = _host_port(target)
+    if address is None:
+        raise UsageError(f"--insecure needs a HOST:PORT server, not {target!r}")
+    host, port = address
+    sni = server_name or (None if _is_ip(host) else host)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    der = await _handshake(host, port, context, sni, timeout, target)
+    pem = ssl.DER_cert_to_PEM_cert(der).encode("ascii")
+    # A second handshake trusting that certificate alone reads the names it holds.
+    trusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    trusting.check_hostname = False
+    trusting.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    trusting.load_verify_locations(cadata=pem.decode("ascii"))
+    trusting.set_alpn_protocols(["h2"])
+    names: list[str] = []
+    with contextlib.suppress(ssl.SSLError, ConnectError):
+        names = await _handshake(host, port, trusting, sni, timeout, target, decoded=True)
+    return pem, (names[0] if names else host)
+
+
+async def _handshake(
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    sni: str | None,
+    timeout: float,
+    target: str,
+    *,
+    decoded: bool = False,
+) -> Any:
+    """One TLS handshake: the peer's certificate in DER, or (``decoded``) its names."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=sni), timeout
+        )
+    except ssl.SSLError as error:
+        if decoded:
+            raise
+        raise TlsMismatchError(
+            f"cannot connect to {target}: the server does not speak TLS: drop --insecure "
+            f"(TLS: {error.reason or error})"
+        ) from None
+    except asyncio.TimeoutError:
+        raise ConnectError(
+            f"cannot connect to {target}: no TLS handshake within {timeout:g}s"
+        ) from None
+    except OSError as error:
+        raise ConnectError(f"cannot connect to {target}: {error.strerror or error}") from None
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        if decoded:
+            return _names_held(ssl_object.getpeercert() or {})
+        der = ssl_object.getpeercert(binary_form=True)
+        if der is None:
+            raise ConnectError(f"cannot connect to {target}: the server showed no certificate")
+        return der
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def explain_failure(target: str, security: ClientSecurity, details: str) -> str | None:
     """A hint for a connection to ``target`` that failed with grpc's ``details``, when it
     failed because of TLS; None when TLS is not the problem (or it cannot tell)."""
     lowered = details.lower()
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
         return UNTRUSTED_HINT
+    if "hostname verification" in lowered:
+        address = _host_port(target)
+        name = security.server_name or security.authority or (address[0] if address else target)
+        return (
+            f"the server's certificate does not hold the name {name!r} (--servername, or "
+            "--authority, names the one to verify)"
+        )
     if security.tls and ("wrong_version_number" in lowered or "record_layer" in lowered):
         return NOT_TLS_HINT
     if any(

@@ -39,7 +39,7 @@ from grpctunnel.client import ReverseTunnelServer
 from grpctunnel.gateway.announce import GATEWAY_ANSWERS, announce_metadata
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.metrics import ExposerMetrics
-from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
+from grpctunnel.gateway.proxy import MessageLimit, ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
 from grpctunnel.gateway.schema_files import SchemaIndex
 from grpctunnel.gateway.schema_reflection import SchemaReflection
@@ -121,7 +121,8 @@ class ExposeConfig:
     reflection through the tunnels is answered from it, and its services are announced
     unless ``services`` names them. ``max_message_length`` bounds
     each relayed message both ways (the backend connection's gRPC limits and the
-    tunnel's); None for no limit. ``establishment_timeout`` is the tunnels' (see
+    tunnel's); None for no limit; ``limit_raised_by`` tells how to raise it, in the
+    error of a response over it (default: this field's name). ``establishment_timeout`` is the tunnels' (see
     ``TunnelOptions``); a tunnel whose process was frozen longer than the server may
     wait for a keepalive answer (``keepalive_timeout``) is dropped without starting the
     calls queued on it, since the server may have failed them already.
@@ -146,6 +147,16 @@ class ExposeConfig:
     max_message_length: int | None = 64 * 1024 * 1024
     establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
     schema: descriptor_pb2.FileDescriptorSet | None = None
+    limit_raised_by: str | None = None
+
+    def message_limit(self) -> MessageLimit | None:
+        """The bound on a response from the backend, as the relay names it when over."""
+        if self.max_message_length is None:
+            return None
+        raised_by = self.limit_raised_by or (
+            f"the exposer's max_message_length ({self.max_message_length} bytes)"
+        )
+        return MessageLimit(self.max_message_length, "expose", raised_by)
 
     def tunnel_options(self, metadata: MetadataPairs) -> TunnelClientOptions:
         """The options of each tunnel, opened with ``metadata``."""
@@ -238,6 +249,7 @@ class Exposer:
         )
         self.proxy = ProxyHandler(lambda method, md: route, observer=self._observed)
         self._schema = SchemaIndex(config.schema) if config.schema is not None else None
+        self.proxy.limit = config.message_limit()
         housekeeping = Route(self._backend, f"backend {config.backend}", self.kinds)
         self._housekeeping = ProxyHandler(
             lambda method, md: housekeeping if method.startswith(_HOUSEKEEPING) else None

@@ -531,15 +531,7 @@ class Gateway:
         return exposed.tunnel.channel if exposed is not None else None
 
     def _no_route_details(self, service: str, pin: str | None) -> str:
-        exposed = self.exposed()
-        listed = sorted(exposed.items())
-        now = "; ".join(
-            f"{s} (via {', '.join(sorted(names))})" for s, names in listed[:_LISTED_IN_ERRORS]
-        )
-        if len(listed) > _LISTED_IN_ERRORS:
-            now += f"; and {len(listed) - _LISTED_IN_ERRORS} more"
-        where = f" through tunnel {pin!r}" if pin else ""
-        return f"no tunnel exposes service {service}{where}; exposed now: {now or 'nothing'}"
+        return no_route_details(service, pin, self.exposed())
 
     # -- closing tunnels -----------------------------------------------------------------
 
@@ -602,6 +594,25 @@ def _serves(exposed: ExposedTunnel, service: str) -> bool:
 
 
 _LISTED_IN_ERRORS = 10  # services named in a "no tunnel exposes" error
+_NAMES_IN_ERRORS = 3  # tunnel names given for each of them
+
+
+def _capped(items: list[str], most: int, separator: str) -> str:
+    """``items`` joined, the first ``most`` of them, then "and N more"."""
+    shown = separator.join(items[:most])
+    return f"{shown}{separator}and {len(items) - most} more" if len(items) > most else shown
+
+
+def no_route_details(service: str, pin: str | None, exposed: dict[str, list[str]]) -> str:
+    """The details of a call for ``service`` that no tunnel serves: one line, however
+    many services and tunnels there are (the first few named, then how many more)."""
+    listed = [
+        f"{name} (via {_capped(sorted(set(tunnels)), _NAMES_IN_ERRORS, ', ')})"
+        for name, tunnels in sorted(exposed.items())
+    ]
+    now = _capped(listed, _LISTED_IN_ERRORS, "; ")
+    where = f" through tunnel {pin!r}" if pin else ""
+    return f"no tunnel exposes service {service}{where}; exposed now: {now or 'nothing'}"
 
 
 def _both(
@@ -653,4 +664,4 @@ def _replaced_by(
     return out
 
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "no_route_details"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +70,29 @@ class Route:
     node: str | None = None
 
 
+# how grpc (and the tunnel protocol) word a message over a receiving limit
+_TOO_LARGE = re.compile(r"received message larger than max \((\d+) vs\. (\d+)\)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MessageLimit:
+    """The bound of one relaying hop on each message it receives, and how its operator
+    raises it. A relayed call failing because a response was over this very bound (the
+    limit grpc names is ``length``) says so: "<hop>: response of N bytes exceeds
+    <raised_by>", rather than grpc's words, which name no hop."""
+
+    length: int
+    hop: str  # who relays: "serve", "expose"
+    raised_by: str  # e.g. "--max-message-mib 64 of `grpctunnel expose`"
+
+    def explain(self, details: str) -> str | None:
+        """The failure's details as this hop's refusal; None if it was not this hop's."""
+        found = _TOO_LARGE.search(details)
+        if found is None or int(found.group(2)) != self.length:
+            return None
+        return f"{self.hop}: response of {found.group(1)} bytes exceeds {self.raised_by}"
+
+
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
 CallObserver = Callable[[str, grpc.StatusCode, float], None]
 # told of every call the handler answered: the method, the route it was relayed along
@@ -121,6 +145,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self._observer = observer
         self._tap = tap
         self.drop_headers = drop_headers
+        self.limit: MessageLimit | None = None  # this hop's, to name it when over
         self.in_flight = 0
         self.totals = RelayStats()
         self._idle: asyncio.Event | None = None
@@ -221,6 +246,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             error.details() or "",
             error.initial_metadata(),
             error.trailing_metadata(),
+            self.limit,
         )
 
     def _end(self, method: str, route: Route, code: grpc.StatusCode, started: float) -> None:
@@ -268,7 +294,9 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         async def relay(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
             with self._accounted(method, route, context):
                 counted = self._counted(route, requests)
-                async for message in relay_call(route, method, counted, context, self.drop_headers):
+                async for message in relay_call(
+                    route, method, counted, context, self.drop_headers, self.limit
+                ):
                     self._received(route, len(message))
                     yield message
 
@@ -348,8 +376,16 @@ def _kept_trailers(trailers: Any) -> md.MetadataPairs:
 
 
 async def _relay_failure(
-    route: Route, context: Any, code: grpc.StatusCode, details: str, headers: Any, trailers: Any
+    route: Route,
+    context: Any,
+    code: grpc.StatusCode,
+    details: str,
+    headers: Any,
+    trailers: Any,
+    limit: MessageLimit | None = None,
 ) -> NoReturn:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and limit is not None:
+        details = limit.explain(details) or details
     if code == grpc.StatusCode.UNAVAILABLE and not headers:
         if route.stats is not None:
             route.stats.unreachable += 1
@@ -365,9 +401,11 @@ async def relay_call(
     requests: AsyncIterator[bytes],
     context: Any,
     drop_headers: frozenset[str] = frozenset(),
+    limit: MessageLimit | None = None,
 ) -> AsyncIterator[bytes]:
     """Relays one call to ``route``: yields the upstream's responses, and leaves its
-    headers, trailers and status on ``context``."""
+    headers, trailers and status on ``context`` (a response over ``limit``, this hop's,
+    named as such)."""
     timeout = context.time_remaining()
     channel: Any = route.channel
     upstream = channel.stream_stream(method)(
@@ -398,7 +436,9 @@ async def relay_call(
     if code == grpc.StatusCode.OK:
         _relay_trailers(context, received)
         return
-    await _relay_failure(route, context, code, details, await upstream.initial_metadata(), received)
+    await _relay_failure(
+        route, context, code, details, await upstream.initial_metadata(), received, limit
+    )
 
 
 def _pump_ended(pump: asyncio.Future[None]) -> None:
@@ -439,6 +479,7 @@ async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> 
 __all__ = [
     "CallObserver",
     "CallTap",
+    "MessageLimit",
     "ProxyHandler",
     "RelayStats",
     "Route",

@@ -27,7 +27,7 @@ from grpctunnel.gateway.auth import TokenAuthority
 from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
-from grpctunnel.gateway.proxy import CallObserver
+from grpctunnel.gateway.proxy import CallObserver, MessageLimit
 from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelServiceHandlerOptions
 
 if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
@@ -51,7 +51,8 @@ class GatewaySettings:
     ``port`` 0 picks a free one (see :attr:`GatewayServer.port`). ``credentials`` makes
     the port TLS; ``authority`` requires tokens of every tunnel and call.
     ``max_message_length`` bounds each relayed message (both directions, every hop of
-    the server), ``max_streams_per_tunnel`` the calls one tunnel may have in progress.
+    the server; ``limit_raised_by`` tells how to raise it, in the error of a response
+    over it), ``max_streams_per_tunnel`` the calls one tunnel may have in progress.
     ``service_grace`` is how long a credential keeps a service after its last tunnel
     exposing it closed (see :mod:`grpctunnel.gateway.directory`). With ``cluster``, the
     gateway is one node of a cluster sharing one view through Redis (see
@@ -66,6 +67,7 @@ class GatewaySettings:
     credentials: grpc.ServerCredentials | None = None
     authority: TokenAuthority | None = None
     max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+    limit_raised_by: str | None = None
     max_streams_per_tunnel: int | None = DEFAULT_MAX_STREAMS_PER_TUNNEL
     keepalive_interval: float = keepalive.DEFAULT_INTERVAL
     keepalive_timeout: float = keepalive.DEFAULT_TIMEOUT
@@ -124,6 +126,11 @@ class GatewayServer:
                 *keepalive.server_options(settings.keepalive_interval, settings.keepalive_timeout),
                 *settings.extra_server_options,
             ],
+        )
+        self.gateway.proxy.limit = MessageLimit(
+            limit,
+            "serve",
+            settings.limit_raised_by or f"the gateway's max_message_length ({limit} bytes)",
         )
         self.gateway.attach(self.server)
         self.port = 0

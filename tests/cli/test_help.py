@@ -15,9 +15,9 @@ WIDTH = 80
 
 # The option panels each command's help shows.
 PANELS = {
-    "call": ("Connection", "Security", "Output"),
-    "list": ("Connection", "Security"),
-    "describe": ("Connection", "Security"),
+    "call": ("Connection", "Security", "Limits", "Output"),
+    "list": ("Connection", "Security", "Limits"),
+    "describe": ("Connection", "Security", "Limits"),
     "serve": ("Listening", "Security", "Limits", "Keepalive", "Output"),
     "expose": ("Connection", "Exposing", "Security", "Limits", "Keepalive", "Output"),
     "demo": ("Options",),
