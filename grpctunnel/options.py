@@ -32,8 +32,19 @@ if TYPE_CHECKING:
 DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE  # gRPC's default limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
 EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RPC itself
+# the largest message of the tunnel RPC itself that a peer sends (a frame with a chunk of a
+# message, a batch of small frames): gRPC's default limit, which Go peers keep too
+TUNNEL_RPC_MESSAGE_LIMIT = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE
 DEFAULT_ESTABLISHMENT_TIMEOUT = 10.0  # seconds for the peer's settings frame
 DEFAULT_STALE_AFTER = keepalive.stale_after()  # a frozen peer may have been given up on
+
+
+def rpc_message_limit(limit: int | None) -> int:
+    """The gRPC message limit (send and receive) of a connection that carries tunnel RPCs
+    besides calls each bounded by ``limit`` (None: no bound; then -1, gRPC's "none"):
+    never below :data:`TUNNEL_RPC_MESSAGE_LIMIT`, so that a small ``limit`` fails a call
+    over it (the tunnel's own limits do that), never the tunnel that carries it."""
+    return -1 if limit is None else max(limit, TUNNEL_RPC_MESSAGE_LIMIT)
 
 
 @dataclass

@@ -61,7 +61,7 @@ from grpctunnel.gateway.cluster_view import (
     ServiceGrace,
     TunnelEntry,
 )
-from grpctunnel.options import TunnelClientOptions
+from grpctunnel.options import TunnelClientOptions, rpc_message_limit
 
 log = logging.getLogger("grpctunnel")
 
@@ -551,7 +551,7 @@ def peer_link_factory(
     channel_options: Sequence[tuple[str, Any]] = (),
 ) -> Any:
     """What opens the forward tunnel to each node that appears in the view."""
-    limit = -1 if max_message_length is None else max_message_length
+    limit = rpc_message_limit(max_message_length)  # the link carries one tunnel RPC
     options = [
         *channel_options,
         ("grpc.max_receive_message_length", limit),

@@ -28,7 +28,11 @@ from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
 from grpctunnel.gateway.proxy import CallObserver, MessageLimit
-from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelServiceHandlerOptions
+from grpctunnel.options import (
+    DEFAULT_ESTABLISHMENT_TIMEOUT,
+    TunnelServiceHandlerOptions,
+    rpc_message_limit,
+)
 
 if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
     from grpctunnel.gateway.cluster import ClusterNode, ClusterSettings
@@ -121,8 +125,10 @@ class GatewayServer:
             interceptors=self.gateway.interceptors(),
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                # the tunnel RPCs' frames may be larger than `limit`; calls over it
+                # fail in the relay, which holds each message to it
+                ("grpc.max_receive_message_length", rpc_message_limit(limit)),
+                ("grpc.max_send_message_length", rpc_message_limit(limit)),
                 *keepalive.server_options(settings.keepalive_interval, settings.keepalive_timeout),
                 *settings.extra_server_options,
             ],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import shutil
 import socket
@@ -520,18 +521,31 @@ async def launcher() -> AsyncIterator[Launcher]:
         await processes.close()
 
 
-async def test_relay_limits_name_the_hop_and_its_flag(backend: str, launcher: Launcher) -> None:
-    # (below 2 MiB, serve's limit is below the frames a tunnel carries: the tunnel breaks)
+async def test_relay_limits_name_the_hop_and_its_flag(
+    backend: str, launcher: Launcher, tmp_path: Path
+) -> None:
+    # (a limit below the tunnel's own frames, up to 1 MiB each, fails the call, not the
+    # tunnel: the next call through it works)
     request = ("Echo/Echo", '{"msg":"size:3000000"}')
-    small_serve = await launcher.server("--max-message-mib", "2")
+    small_serve = await launcher.server("--max-message-mib", "1")
     await launcher.exposer(backend, small_serve, "big")
-    through_serve = await run_cli("call", "-s", small_serve[1], *request)
-    _one_error(
-        through_serve,
-        RESOURCE_EXHAUSTED,
-        "RESOURCE_EXHAUSTED: serve: response of 3000005 bytes exceeds --max-message-mib 2 of "
-        "`grpctunnel serve`",
-    )
+    for size, encoded in ((3000000, 3000005), (1500000, 1500004)):  # field tag and length
+        through_serve = await run_cli(
+            "call", "-s", small_serve[1], "Echo/Echo", f'{{"msg":"size:{size}"}}'
+        )
+        _one_error(
+            through_serve,
+            RESOURCE_EXHAUSTED,
+            f"RESOURCE_EXHAUSTED: serve: response of {encoded} bytes exceeds --max-message-mib "
+            "1 of `grpctunnel serve`",
+        )
+    below = await run_cli("call", "-s", small_serve[1], "Echo/Echo", '{"msg":"size:1000000"}')
+    assert below.returncode == 0 and len(below.stdout) == 1000011, below.stderr
+    big_request = tmp_path / "big.json"
+    big_request.write_text(json.dumps({"msg": "x" * 1500000}))
+    too_big = await run_cli("call", "-s", small_serve[1], "Echo/Echo", f"@{big_request}")
+    assert too_big.returncode == 64 + 8, too_big.stderr  # RESOURCE_EXHAUSTED
+    assert "Traceback" not in too_big.stderr, too_big.stderr
     serve = await launcher.server()
     await launcher.exposer(backend, serve, "small", "--max-message-mib", "2")
     through_expose = await run_cli("call", "-s", serve[1], *request)
