@@ -25,8 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from grpctunnel import keepalive
-from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
-from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT
+from grpctunnel.defaults import DEFAULT_ESTABLISHMENT_TIMEOUT, DEFAULT_MAX_MESSAGE_LENGTH
 from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
 from grpctunnel_cli.security import TOKEN_ENV, ClientSecurity, client_security
 
