@@ -17,7 +17,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -31,10 +31,21 @@ __all__ = ["build_app", "main"]
 
 
 class _Group(TyperGroup):
-    """The top-level command, with ``--help`` listed as the switch it is."""
+    """The top-level command, with ``--help`` and the completion options (added by Typer
+    after the group is made) listed as the switches they are."""
 
     def get_help_option(self, ctx: Any) -> Any:
         return _as_switch(super().get_help_option(ctx))
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        for param in params:
+            if param.name in _COMPLETION_SWITCHES and getattr(param, "is_flag", False):
+                _as_switch(param)
+        return params
+
+
+_COMPLETION_SWITCHES = ("install_completion", "show_completion")
 
 
 class _Command(TyperCommand):
@@ -97,7 +108,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         "local backend through it (expose), and call any method by name through reflection "
         f"(call, list, describe). Start with `grpctunnel demo`.\n\n{EXIT_CODES_HELP}",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
@@ -119,6 +130,29 @@ def chosen_command(args: Sequence[str]) -> str | None:
     return args[0] if args and args[0] in COMMANDS else None
 
 
+COMPLETE_VAR = "_GRPCTUNNEL_COMPLETE"  # set by the shell's completion script (click's protocol)
+
+
+def completed_command(environ: Mapping[str, str]) -> str | None:
+    """During a shell completion, the command whose words are being completed: the line so
+    far is in $COMP_WORDS and $COMP_CWORD (bash), or in $_TYPER_COMPLETE_ARGS (zsh, fish,
+    PowerShell). None while the command's own name is being completed."""
+    if "COMP_WORDS" in environ:
+        words = environ["COMP_WORDS"].split()
+        try:
+            done = words[: int(environ.get("COMP_CWORD", ""))]
+        except ValueError:
+            return None
+    else:
+        line = environ.get("_TYPER_COMPLETE_ARGS", "")
+        words = line.split()
+        done = words if line[-1:].isspace() else words[:-1]
+    return chosen_command(done[1:])
+
+
 def main() -> None:
     """The console script entry point."""
-    build_app(chosen_command(sys.argv[1:]))()
+    if COMPLETE_VAR in os.environ:
+        build_app(completed_command(os.environ))()
+    else:
+        build_app(chosen_command(sys.argv[1:]))()

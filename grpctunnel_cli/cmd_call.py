@@ -13,6 +13,7 @@ import typer
 
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
+from grpctunnel_cli.completion import complete_method
 from grpctunnel_cli.invoke import (
     CallStatus,
     invoke,
@@ -41,6 +42,7 @@ def call(
             metavar="METHOD",
             help="The method: pkg.Service/Method, pkg.Service.Method, or a short form such "
             "as Service/Method when it is unique.",
+            autocompletion=complete_method,
         ),
     ],
     data: Annotated[
