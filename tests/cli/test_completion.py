@@ -174,7 +174,12 @@ async def test_install_completion_installs_the_bash_script(tmp_path: Path) -> No
     result = await run_cli("--install-completion", "bash", env=env)
     assert result.returncode == 0, result
     assert "bash completion installed" in result.stdout
-    scripts = list(tmp_path.rglob("grpctunnel*"))
-    assert scripts, list(tmp_path.rglob("*"))
-    assert any("_GRPCTUNNEL_COMPLETE=complete_bash" in p.read_text() for p in scripts)
-    assert "grpctunnel" in (tmp_path / ".bashrc").read_text()
+    scripts, bashrc = _installed(tmp_path)
+    assert any("_GRPCTUNNEL_COMPLETE=complete_bash" in text for text in scripts), scripts
+    assert "grpctunnel" in bashrc
+
+
+def _installed(home: Path) -> tuple[list[str], str]:
+    """The completion scripts installed under `home`, and its .bashrc."""
+    scripts = [path.read_text() for path in home.rglob("grpctunnel*") if path.is_file()]
+    return scripts, (home / ".bashrc").read_text()
