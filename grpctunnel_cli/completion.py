@@ -92,7 +92,9 @@ async def _symbols(source: DescriptorSource) -> list[str]:
 
     services = await source.services()
     names = [service.full_name for service in services]
-    names += [f"{service.full_name}.{method.name}" for service in services for method in service.methods]
+    names += [
+        f"{service.full_name}.{method.name}" for service in services for method in service.methods
+    ]
     names += [found.full_name for file in source.files() for found in iter_types(file)]
     return names
 
