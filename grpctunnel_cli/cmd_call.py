@@ -21,6 +21,7 @@ from grpctunnel_cli.invoke import (
     request_messages,
     status_exit_code,
 )
+from grpctunnel_cli.load import load_plan, run_load_command
 from grpctunnel_cli.options import (
     OUTPUT,
     ConnectionOptions,
@@ -32,6 +33,8 @@ from grpctunnel_cli.options import (
 from grpctunnel_cli.render import Renderer
 
 __all__ = ["call"]
+
+LOAD = "Load mode"
 
 
 @option_groups
@@ -71,20 +74,60 @@ def call(
             "and trailers, and the status with timing and message counts."
         ),
     ] = False,
+    repeat: Annotated[
+        int | None,
+        typer.Option(
+            "--repeat",
+            min=1,
+            metavar="N",
+            help="Load mode: make the call N times (default 1, or unbounded with --duration) "
+            "and print a summary instead of the responses.",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            metavar="C",
+            help="Load mode: keep C calls in flight at once (default 1).",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration",
+            metavar="SECONDS",
+            help="Load mode: make calls for this long (at most --repeat of them, if given).",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    json_summary: Annotated[
+        bool, switch("--json", help="Load mode: print the summary as one JSON object.", panel=LOAD)
+    ] = False,
 ) -> None:
     """Call a method with JSON data; print each response as JSON.
 
     Resolves METHOD by the server's reflection, sends DATA, and prints each response as
     one JSON line (pretty JSON on a terminal). A call that ends with an error status
     prints it on stderr and exits 64 + its code.
+
+    Load mode (--repeat, --concurrency, --duration) makes the call many times and prints
+    a summary: calls, errors, calls/s, latency percentiles and histogram, calls by status.
+    It exits 0 if every call succeeded, else 64 + the code of the most common failure.
     """
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
 
     async def body() -> int:
+        plan = load_plan(repeat, concurrency, duration, json_summary)
         async with connect(connection, security) as connected:
             source = connected.source
             resolved = await source.resolve_method(method)
             renderer.pool = source.pool
+            if plan is not None:
+                return await run_load_command(plan, connected, resolved, data, renderer, connection.timeout)
             renderer.request_start(resolved, connected.metadata)
             requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
             calling = invoke(

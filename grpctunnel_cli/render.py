@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 import grpc
@@ -357,6 +358,25 @@ class Renderer:
         """Names, one per line (services, methods)."""
         for name in names:
             self._line(name)
+
+    def lines(self, lines: Iterable[str]) -> None:
+        """Lines of text as they are (a load run's summary)."""
+        for line in lines:
+            self._line(line)
+
+    @contextmanager
+    def progress(self, total: int | None) -> Iterator[Callable[[], None]]:
+        """A progress bar of `total` steps (None: unknown) on stderr, drawn only when stderr
+        is a terminal and gone once done; yields what to call as each step is done."""
+        if self._err.console is None or not self._err.is_terminal:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self._err.console, transient=True) as bar:
+            task = bar.add_task("calls", total=total)
+            yield lambda: bar.advance(task)
 
     def describe(self, symbol: Symbol) -> None:
         """A symbol's definition, introduced by what kind of symbol it is."""
