@@ -14,6 +14,7 @@ import typer
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
 from grpctunnel_cli.completion import complete_method
+from grpctunnel_cli.interactive import hint, is_interactive, typed_requests
 from grpctunnel_cli.invoke import (
     CallStatus,
     invoke,
@@ -129,7 +130,11 @@ def call(
             if plan is not None:
                 return await run_load_command(plan, connected, resolved, data, renderer, connection.timeout)
             renderer.request_start(resolved, connected.metadata)
-            requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
+            if is_interactive(data):
+                renderer.info(hint(resolved))
+                requests = typed_requests(resolved, source.pool, renderer.error)
+            else:
+                requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
             calling = invoke(
                 connected.channel,
                 resolved,
