@@ -4,8 +4,10 @@ Starts the demo backend (`grpctunnel demo-backend --port 0`), then times, by wal
 N runs (default 20) of each of: an empty Python, Python importing grpc (the floor no
 grpc client in Python can go under), `grpctunnel --help`, a unary `grpctunnel call` to
 the backend, and the same call with `grpcurl` when a `grpcurl` binary is on PATH. Each
-run's output goes to a pipe, as in a script. Prints the median and p90 of each as a
-Markdown table (the one in benchmarks/README.md).
+run's output goes to a pipe, as in a script. Prints the median and p90 of the wall-clock
+time of each, and the median of its CPU time (user + system: less sensitive than wall time
+to other processes sharing the machine), as a Markdown table (the one in
+benchmarks/README.md).
 
     .venv/bin/python benchmarks/startup.py [--runs 20]
 """
@@ -61,21 +63,32 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank]
 
 
-def time_runs(command: list[str], runs: int) -> list[float]:
-    """Wall-clock seconds of each run; a failing run ends the benchmark."""
-    times: list[float] = []
+def time_runs(command: list[str], runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of each run, and CPU seconds (user + system, every thread) of
+    each; a failing run ends the benchmark."""
+    walls: list[float] = []
+    cpus: list[float] = []
     for _ in range(runs):
         started = time.perf_counter()
-        done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, env=child_env(), check=False
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
         )
-        times.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(
-                f"{' '.join(command)} failed ({done.returncode}): "
-                f"{done.stderr.decode(errors='replace').strip()}"
-            )
-    return times
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.read()  # stderr is small: read after stdout, it cannot fill its pipe
+        errors = process.stderr.read().decode(errors="replace").strip()
+        _, status, usage = os.wait4(process.pid, 0)  # reaped here, with its resource use
+        walls.append(time.perf_counter() - started)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        process.stdout.close()
+        process.stderr.close()
+        if code != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({code}): {errors}")
+    return walls, cpus
 
 
 def main() -> None:
@@ -97,12 +110,15 @@ def main() -> None:
             cases.append(
                 ("grpcurl (unary)", [grpcurl, "-plaintext", "-d", REQUEST, address, METHOD])
             )
-        print(f"| command ({args.runs} runs, output piped) | median (s) | p90 (s) |")
-        print("|---|---|---|")
+        print(
+            f"| command ({args.runs} runs, output piped) | median (s) | p90 (s) | CPU median (s) |"
+        )
+        print("|---|---|---|---|")
         for label, command in cases:
-            times = time_runs(command, args.runs)
-            median, p90 = statistics.median(times), percentile(times, 0.9)
-            print(f"| `{label}` | {median:.3f} | {p90:.3f} |", flush=True)
+            walls, cpus = time_runs(command, args.runs)
+            median, p90 = statistics.median(walls), percentile(walls, 0.9)
+            cpu = statistics.median(cpus)
+            print(f"| `{label}` | {median:.3f} | {p90:.3f} | {cpu:.3f} |", flush=True)
     finally:
         backend.send_signal(signal.SIGTERM)
         try:

@@ -22,7 +22,6 @@ from grpctunnel_cli.invoke import (
     request_messages,
     status_exit_code,
 )
-from grpctunnel_cli.load import load_plan, run_load_command
 from grpctunnel_cli.options import (
     OUTPUT,
     ConnectionOptions,
@@ -122,19 +121,27 @@ def call(
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
 
     async def body() -> int:
-        plan = load_plan(repeat, concurrency, duration, json_summary)
+        plan = None
+        if json_summary or (repeat, concurrency, duration) != (None, None, None):
+            from grpctunnel_cli import load  # imported in load mode only
+
+            plan = load.load_plan(repeat, concurrency, duration, json_summary)
         async with connect(connection, security) as connected:
             source = connected.source
             resolved = await source.resolve_method(method)
             renderer.pool = source.pool
             if plan is not None:
-                return await run_load_command(plan, connected, resolved, data, renderer, connection.timeout)
+                return await load.run_load_command(
+                    plan, connected, resolved, data, renderer, connection.timeout
+                )
             renderer.request_start(resolved, connected.metadata)
             if is_interactive(data):
                 renderer.info(hint(resolved))
                 requests = typed_requests(resolved, source.pool, renderer.error)
             else:
-                requests = request_messages(json_values(data), resolved.input_type, pool=source.pool)
+                requests = request_messages(
+                    json_values(data), resolved.input_type, pool=source.pool
+                )
             calling = invoke(
                 connected.channel,
                 resolved,

@@ -46,8 +46,7 @@ def hint(method: MethodDescriptor) -> str:
             "is sent as you enter it; Ctrl-D ends the requests."
         )
     return (
-        f"Reading the request for {method_path(method)} from the terminal as JSON; "
-        "Ctrl-D sends it."
+        f"Reading the request for {method_path(method)} from the terminal as JSON; Ctrl-D sends it."
     )
 
 

@@ -251,8 +251,7 @@ def summary_json(summary: LoadSummary) -> dict[str, Any]:
         "calls_per_s": summary.rate,
         "latency_ms": latency,
         "histogram_ms": [
-            {"from": b.low * 1000, "to": b.high * 1000, "count": b.count}
-            for b in summary.histogram
+            {"from": b.low * 1000, "to": b.high * 1000, "count": b.count} for b in summary.histogram
         ],
         "status": summary.statuses,
         "exit_code": summary.exit_code,
