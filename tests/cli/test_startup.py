@@ -7,9 +7,11 @@ import asyncio
 import io
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import typer.main
 from rich.console import Console
@@ -20,8 +22,10 @@ from typer._coercion import build_runtime_param
 from grpctunnel_cli.app import COMMANDS, build_app, chosen_command
 from grpctunnel_cli.coercion import QuickCoercion
 from grpctunnel_cli.render import Renderer, _Output
+from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
+from grpctunnel_demo.v1 import echo_pb2_grpc
 
-from .helpers import GRPCTUNNEL
+from .helpers import GRPCTUNNEL, run_cli
 
 # Modules a piped unary call must not import: the gateway, the metrics and cluster
 # dependencies, the terminal drawing, pydantic (Typer's conversion of option values).
@@ -185,3 +189,38 @@ async def test_a_piped_call_imports_none_of_the_heavy_modules(backend: str, tmp_
     assert heavy == []
     commands = sorted(m for m in imported if m.startswith("grpctunnel_cli.cmd_"))
     assert commands == ["grpctunnel_cli.cmd_call"]
+
+
+class _Counting(grpc.aio.ServerInterceptor):
+    """Counts the calls of each method a server receives."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.calls[details.method] += 1
+        return await continuation(details)
+
+
+@pytest.mark.parametrize(
+    ("method", "questions"),
+    [("grpctunnel.demo.v1.Echo/Echo", 1), ("Echo/Echo", 2), ("grpctunnel.demo.v1.Echo.Echo", 1)],
+)
+async def test_a_full_method_name_costs_one_reflection_question(
+    method: str, questions: int
+) -> None:
+    counting = _Counting()
+    server = grpc.aio.server(interceptors=[counting])
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)  # type: ignore[no-untyped-call]
+    enable_reflection(server, [ECHO_SERVICE])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        result = await run_cli("call", "-s", f"127.0.0.1:{port}", method, '{"msg": "x"}')
+    finally:
+        await server.stop(None)
+    assert result.returncode == 0, result
+    assert result.stdout == '{"msg":"x"}\n'
+    reflection = sum(n for name, n in counting.calls.items() if "ServerReflection" in name)
+    assert reflection == questions, counting.calls
+    assert counting.calls["/grpctunnel.demo.v1.Echo/Echo"] == 1
