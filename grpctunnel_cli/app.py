@@ -19,7 +19,7 @@ import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -27,7 +27,7 @@ from typer.core import TyperCommand, TyperGroup
 from grpctunnel_cli.coercion import quicken
 from grpctunnel_cli.command import EXIT_CODES_HELP
 
-__all__ = ["build_app", "main"]
+__all__ = ["build_app", "exit_now", "main"]
 
 
 class _Group(TyperGroup):
@@ -150,9 +150,39 @@ def completed_command(environ: Mapping[str, str]) -> str | None:
     return chosen_command(done[1:])
 
 
+# The commands that end as soon as their output is written: they may skip Python's teardown.
+QUICK_EXIT = frozenset({"call", "list", "describe"})
+
+
+def exit_now(code: object) -> NoReturn:
+    """Exit with `code` as ``sys.exit(code)`` would, but without Python's teardown (freeing
+    every module, grpc's shutdown): some 30 ms, a sixth of a short call's run. Output is
+    flushed first; the client commands leave no thread or handler that teardown would wait
+    for (stdin is read on a daemon thread)."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing more can be said
+            pass
+    os._exit(status)
+
+
 def main() -> None:
     """The console script entry point."""
-    if COMPLETE_VAR in os.environ:
-        build_app(completed_command(os.environ))()
-    else:
-        build_app(chosen_command(sys.argv[1:]))()
+    completing = COMPLETE_VAR in os.environ
+    chosen = completed_command(os.environ) if completing else chosen_command(sys.argv[1:])
+    app = build_app(chosen)
+    if not completing and chosen not in QUICK_EXIT:
+        app()
+        return
+    try:
+        app()
+    except SystemExit as stop:
+        exit_now(stop.code)

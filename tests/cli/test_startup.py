@@ -155,11 +155,17 @@ def test_a_renderer_on_pipes_draws_nothing() -> None:
     assert not renderer.stderr_is_terminal
 
 
-# Runs the real console script, writing the modules it imported to a file as it exits.
+# Runs the real console script, writing the modules it imported to a file as it exits
+# (The command ends with os._exit, skipping atexit: the listing is written just before.)
 _LIST_MODULES = """
-import atexit, json, runpy, sys
+import json, os, runpy, sys
 out, script = sys.argv[1], sys.argv[2]
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+exit_now = os._exit
+def listed_exit(code):
+    with open(out, "w") as listing:
+        listing.write(json.dumps(sorted(sys.modules)))
+    exit_now(code)
+os._exit = listed_exit
 sys.argv = sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -224,3 +230,34 @@ async def test_a_full_method_name_costs_one_reflection_question(
     reflection = sum(n for name, n in counting.calls.items() if "ServerReflection" in name)
     assert reflection == questions, counting.calls
     assert counting.calls["/grpctunnel.demo.v1.Echo/Echo"] == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"),
+    [
+        ("None", 0, ""),
+        ("0", 0, ""),
+        ("3", 3, ""),
+        ("69", 69, ""),
+        ("'went wrong'", 1, "went wrong\n"),
+    ],
+)
+async def test_exit_now_exits_as_sys_exit_would_with_the_output_flushed(
+    code: str, status: int, stderr: str
+) -> None:
+    script = (
+        "import sys; from grpctunnel_cli.app import exit_now; "
+        f"sys.stdout.write('written, not flushed'); exit_now({code})"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == status
+    assert out == b"written, not flushed"
+    assert err.decode() == stderr
