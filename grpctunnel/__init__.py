@@ -7,16 +7,20 @@ hosts: :meth:`TunnelServiceHandler.as_channel` on the server side. The wire prot
 that of the Go library github.com/jhump/grpctunnel, so Go and Python peers mix freely.
 """
 
-from grpctunnel.channel import TunnelChannel
-from grpctunnel.client import PendingChannel, ReverseTunnelServer, ServedTunnel
-from grpctunnel.handler import ReverseTunnel, TunnelServiceHandler
-from grpctunnel.options import TunnelClientOptions, TunnelOptions, TunnelServiceHandlerOptions
-from grpctunnel.serving import TunnelServicerContext
-from grpctunnel.v1.tunnel_pb2_grpc import (
-    TunnelServiceServicer,
-    TunnelServiceStub,
-    add_TunnelServiceServicer_to_server,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grpctunnel.channel import TunnelChannel
+    from grpctunnel.client import PendingChannel, ReverseTunnelServer, ServedTunnel
+    from grpctunnel.handler import ReverseTunnel, TunnelServiceHandler
+    from grpctunnel.options import TunnelClientOptions, TunnelOptions, TunnelServiceHandlerOptions
+    from grpctunnel.serving import TunnelServicerContext
+    from grpctunnel.v1.tunnel_pb2_grpc import (
+        TunnelServiceServicer,
+        TunnelServiceStub,
+        add_TunnelServiceServicer_to_server,
+    )
 
 __all__ = [
     "PendingChannel",
@@ -34,6 +38,34 @@ __all__ = [
     "add_TunnelServiceServicer_to_server",
     "tunnel_metadata",
 ]
+
+
+# Where each name of the public API is defined: imported when first asked for (PEP 562), so
+# that importing one module of the package (grpctunnel.keepalive, say) does not import all.
+_LAZY = {
+    "PendingChannel": "grpctunnel.client",
+    "ReverseTunnel": "grpctunnel.handler",
+    "ReverseTunnelServer": "grpctunnel.client",
+    "ServedTunnel": "grpctunnel.client",
+    "TunnelChannel": "grpctunnel.channel",
+    "TunnelClientOptions": "grpctunnel.options",
+    "TunnelOptions": "grpctunnel.options",
+    "TunnelServiceHandler": "grpctunnel.handler",
+    "TunnelServiceHandlerOptions": "grpctunnel.options",
+    "TunnelServiceServicer": "grpctunnel.v1.tunnel_pb2_grpc",
+    "TunnelServiceStub": "grpctunnel.v1.tunnel_pb2_grpc",
+    "TunnelServicerContext": "grpctunnel.serving",
+    "add_TunnelServiceServicer_to_server": "grpctunnel.v1.tunnel_pb2_grpc",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def tunnel_metadata(context: object) -> tuple[tuple[str, str | bytes], ...]:

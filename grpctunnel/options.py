@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grpctunnel import keepalive
+from grpctunnel.defaults import DEFAULT_ESTABLISHMENT_TIMEOUT as DEFAULT_ESTABLISHMENT_TIMEOUT
 from grpctunnel.metadata import MetadataPairs
-from grpctunnel.opening import TunnelOpening as TunnelOpening  # re-exported: it lived here
 from grpctunnel.protocol import (
     DEFAULT_MAX_RECEIVE_MESSAGE_SIZE,
     DEFAULT_WINDOW,
@@ -28,6 +28,7 @@ from grpctunnel.protocol import (
 
 if TYPE_CHECKING:
     from grpctunnel.handler import ReverseTunnel, TunnelRecord
+    from grpctunnel.opening import TunnelOpening
 
 DEFAULT_MAX_RECEIVE_MESSAGE_LENGTH = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE  # gRPC's default limit
 EXTENDED_WINDOW = 4 * 1024 * 1024
@@ -35,7 +36,6 @@ EXTENDED_CHUNK_SIZE = 1024 * 1024  # well below the 4 MiB limit of the tunnel RP
 # the largest message of the tunnel RPC itself that a peer sends (a frame with a chunk of a
 # message, a batch of small frames): gRPC's default limit, which Go peers keep too
 TUNNEL_RPC_MESSAGE_LIMIT = DEFAULT_MAX_RECEIVE_MESSAGE_SIZE
-DEFAULT_ESTABLISHMENT_TIMEOUT = 10.0  # seconds for the peer's settings frame
 DEFAULT_STALE_AFTER = keepalive.stale_after()  # a frozen peer may have been given up on
 
 
@@ -143,3 +143,13 @@ class TunnelClientOptions(TunnelOptions):
     opens (the "tunnel metadata" the other side can read: a token, a name)."""
 
     metadata: MetadataPairs = field(default_factory=tuple)
+
+
+def __getattr__(name: str) -> Any:
+    # TunnelOpening lived here before opening.py; still importable from here, but
+    # imported only when asked for, since opening.py imports most of the library.
+    if name == "TunnelOpening":
+        from grpctunnel.opening import TunnelOpening
+
+        return TunnelOpening
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

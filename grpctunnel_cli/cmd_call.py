@@ -17,6 +17,8 @@ import typer
 from grpctunnel.gateway.proxy import MessageLimit
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
+from grpctunnel_cli.completion import complete_method
+from grpctunnel_cli.interactive import hint, is_interactive, typed_requests
 from grpctunnel_cli.invoke import (
     CallStatus,
     invoke,
@@ -52,6 +54,8 @@ class DataFormat(str, enum.Enum):
     json = "json"
     text = "text"
 
+LOAD = "Load mode"
+
 
 @option_groups
 def call(
@@ -61,6 +65,7 @@ def call(
             metavar="METHOD",
             help="The method: pkg.Service/Method, pkg.Service.Method, or a short form such "
             "as Service/Method when it is unique.",
+            autocompletion=complete_method,
         ),
     ],
     data: Annotated[
@@ -110,6 +115,39 @@ def call(
             "and trailers, and the status with timing and message counts."
         ),
     ] = False,
+    repeat: Annotated[
+        int | None,
+        typer.Option(
+            "--repeat",
+            min=1,
+            metavar="N",
+            help="Load mode: make the call N times (default 1, or unbounded with --duration) "
+            "and print a summary instead of the responses.",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            metavar="C",
+            help="Load mode: keep C calls in flight at once (default 1).",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration",
+            metavar="SECONDS",
+            help="Load mode: make calls for this long (at most --repeat of them, if given).",
+            rich_help_panel=LOAD,
+        ),
+    ] = None,
+    json_summary: Annotated[
+        bool, switch("--json", help="Load mode: print the summary as one JSON object.", panel=LOAD)
+    ] = False,
 ) -> None:
     """Call a method with JSON data; print each response as JSON.
 
@@ -117,22 +155,38 @@ def call(
     when given), sends DATA, and prints each response as
     one JSON line (pretty JSON on a terminal). A call that ends with an error status
     prints it on stderr and exits 64 + its code.
+
+    Load mode (--repeat, --concurrency, --duration) makes the call many times and prints
+    a summary: calls, errors, calls/s, latency percentiles and histogram, calls by status.
+    It exits 0 if every call succeeded, else 64 + the code of the most common failure.
     """
     renderer = Renderer(verbose=verbose, emit_defaults=emit_defaults, proto_names=proto_names)
     renderer.text_format = data_format is DataFormat.text
 
     async def body() -> int:
         files = await file_source(schema)
+        plan = None
+        if json_summary or (repeat, concurrency, duration) != (None, None, None):
+            from grpctunnel_cli import load  # imported in load mode only
+
+            plan = load.load_plan(repeat, concurrency, duration, json_summary)
         async with connect(connection, security) as connected:
             source = files or connected.source
             resolved = await connected.reflect(source.resolve_method(method))
             write_protoset(protoset_out, source, [file_of(resolved)])
             renderer.pool = source.pool
+            if plan is not None:
+                return await load.run_load_command(
+                    plan, connected, resolved, data, renderer, connection.timeout
+                )
             renderer.request_start(resolved, connected.metadata)
             if data_format is DataFormat.text:
                 requests = text_messages(
                     data, resolved.input_type, pool=source.pool, allow_unknown=allow_unknown_fields
                 )
+            elif is_interactive(data):
+                renderer.info(hint(resolved))
+                requests = typed_requests(resolved, source.pool, renderer.error)
             else:
                 requests = request_messages(
                     json_values(data),

@@ -9,6 +9,7 @@ import typer
 
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
+from grpctunnel_cli.completion import complete_symbol
 from grpctunnel_cli.errors import ResolutionError
 from grpctunnel_cli.options import (
     ConnectionOptions,
@@ -31,6 +32,7 @@ def describe(
             metavar="SYMBOL",
             help="A service, method, message or enum: full name, or a unique short name. "
             "Omitted: describe every service.",
+            autocompletion=complete_symbol,
         ),
     ] = None,
     *,

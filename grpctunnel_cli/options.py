@@ -27,9 +27,8 @@ import typer
 from google.protobuf import descriptor_pb2
 
 from grpctunnel import keepalive
+from grpctunnel.defaults import DEFAULT_ESTABLISHMENT_TIMEOUT, DEFAULT_MAX_MESSAGE_LENGTH
 from grpctunnel.gateway.schema_files import SchemaError, load_schema
-from grpctunnel.gateway.server import DEFAULT_MAX_MESSAGE_LENGTH
-from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT
 from grpctunnel_cli.connect import DEFAULT_SERVER, SERVER_ENV
 from grpctunnel_cli.errors import CliError
 from grpctunnel_cli.security import TOKEN_ENV, ClientSecurity, client_security

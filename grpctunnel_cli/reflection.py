@@ -427,8 +427,15 @@ class DescriptorSource:
 
     async def resolve_service(self, spec: str) -> ServiceDescriptor:
         """The service `spec` names: a full name, or a unique dot-boundary suffix of one."""
-        names = await self.list_services()
         query = spec.strip().lstrip(".")
+        if "." in query and self._services is None:
+            # Perhaps a full name: one question answers it, where listing first takes two.
+            if await self.file_containing_symbol(query) is not None:
+                try:
+                    return self._pool.FindServiceByName(query)
+                except KeyError:
+                    pass
+        names = await self.list_services()
         try:
             return await self.service(pick_name("service", query, names))
         except ResolutionError:

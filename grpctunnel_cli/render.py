@@ -6,17 +6,22 @@ format instead with ``--format text`` (multi-line on a terminal, one line otherw
 ``ERROR: <CODE_NAME>: <message>`` followed by any rich error details (the
 ``google.rpc.Status`` in ``grpc-status-details-bin``). Verbose mode adds the request
 headers, response headers, trailers and timing, on stderr. Nothing else prints.
+
+rich draws only on a terminal; output to a pipe or file is written plain, as rich would
+write it there, without importing rich (a command in a script starts faster).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterable, Sequence
-from typing import TextIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, text_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
@@ -26,10 +31,6 @@ from google.protobuf.descriptor import (
 )
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2  # noqa: F401 (registers detail types)
-from rich.console import Console
-from rich.syntax import Syntax
-from rich.text import Text
 
 from grpctunnel_cli.invoke import (
     CallEvent,
@@ -41,6 +42,10 @@ from grpctunnel_cli.invoke import (
 )
 from grpctunnel_cli.metadata import Metadata, MetadataValue, format_value
 from grpctunnel_cli.reflection import Symbol
+
+if TYPE_CHECKING:
+    from google.protobuf import any_pb2
+    from rich.console import Console
 
 __all__ = [
     "STATUS_DETAILS_KEY",
@@ -94,6 +99,8 @@ def status_details(trailers: Metadata, pool: DescriptorPool | None = None) -> li
     blob = next((v for k, v in trailers if k == STATUS_DETAILS_KEY), None)
     if blob is None:
         return []
+    from google.rpc import error_details_pb2, status_pb2  # noqa: F401 (registers detail types)
+
     status = status_pb2.Status()
     try:
         status.ParseFromString(blob if isinstance(blob, bytes) else blob.encode("latin-1"))
@@ -234,6 +241,58 @@ def describe_text(symbol: Symbol) -> str:
 
 # --- the renderer -------------------------------------------------------------------------
 
+# What rich strips from text it prints (rich.control.strip_control_codes): bell, backspace,
+# vertical tab, form feed, carriage return. Plain output strips them too, so that it is what
+# rich would have written, and a server's message cannot move a terminal's cursor.
+_CONTROL_CODES = dict.fromkeys((7, 8, 11, 12, 13))
+# Set, these can make rich treat a pipe as a terminal; then rich decides, as before.
+_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+Part = str | tuple[str, str]  # text, or (text, rich style) when drawn on a terminal
+
+
+def _maybe_terminal(file: TextIO) -> bool:
+    """Whether rich might draw on `file`: it is a terminal, or the environment may say so."""
+    if any(name in os.environ for name in _TERMINAL_ENV):
+        return True
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _Output:
+    """One output stream: through rich (colors, pretty JSON) when it may be a terminal,
+    else plain lines, as rich would write them there."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.console: Console | None = None
+        if _maybe_terminal(file):
+            from rich.console import Console
+
+            self.console = Console(file=file, highlight=False, soft_wrap=True)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console is not None and self.console.is_terminal
+
+    def write(self, text: str) -> None:
+        """`text` and a newline, unstyled, as is."""
+        self.file.write(text + "\n")
+        self.file.flush()
+
+    def print(self, *parts: Part) -> None:
+        """One line of styled parts (styles show on a terminal only)."""
+        if self.console is None:
+            text = "".join(part if isinstance(part, str) else part[0] for part in parts)
+            lines = text.translate(_CONTROL_CODES).split("\n")
+            self.write("\n".join(line.expandtabs(8) for line in lines))
+            return
+        from rich.text import Text
+
+        self.console.print(Text.assemble(*parts))
+
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
@@ -252,11 +311,8 @@ class Renderer:
         proto_names: bool = False,
         pool: DescriptorPool | None = None,
     ) -> None:
-        self._out_file = stdout if stdout is not None else sys.stdout
-        self._out = Console(file=self._out_file, highlight=False, soft_wrap=True)
-        self._err = Console(
-            file=stderr if stderr is not None else sys.stderr, highlight=False, soft_wrap=True
-        )
+        self._out = _Output(stdout if stdout is not None else sys.stdout)
+        self._err = _Output(stderr if stderr is not None else sys.stderr)
         self.verbose = verbose
         self.emit_defaults = emit_defaults
         self.proto_names = proto_names
@@ -266,24 +322,30 @@ class Renderer:
     @property
     def pretty(self) -> bool:
         """Whether stdout is a terminal (pretty, colored output) rather than a pipe or file."""
-        return bool(self._out.is_terminal)
+        return self._out.is_terminal
+
+    @property
+    def stderr_is_terminal(self) -> bool:
+        """Whether stderr is a terminal (where progress may be drawn)."""
+        return self._err.is_terminal
 
     # -- stdout: data
 
     def _line(self, text: str) -> None:
-        self._out_file.write(text + "\n")
-        self._out_file.flush()
+        self._out.write(text)
 
     def message(self, message: Message) -> None:
         """One response message."""
         if self.text_format:
+            from google.protobuf import text_format
+
             text = text_format.MessageToString(
                 message, as_one_line=not self.pretty, descriptor_pool=self.pool
             )
             self._line(text.rstrip("\n") if self.pretty else text)
             return
-        if self.pretty:
-            self._out.print_json(
+        if self._out.console is not None and self.pretty:
+            self._out.console.print_json(
                 message_to_json(
                     message,
                     emit_defaults=self.emit_defaults,
@@ -307,14 +369,37 @@ class Renderer:
         for name in names:
             self._line(name)
 
+    def lines(self, lines: Iterable[str]) -> None:
+        """Lines of text as they are (a load run's summary)."""
+        for line in lines:
+            self._line(line)
+
+    @contextmanager
+    def progress(self, total: int | None) -> Iterator[Callable[[], None]]:
+        """A progress bar of `total` steps (None: unknown) on stderr, drawn only when stderr
+        is a terminal and gone once done; yields what to call as each step is done."""
+        if self._err.console is None or not self._err.is_terminal:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self._err.console, transient=True) as bar:
+            task = bar.add_task("calls", total=total)
+            yield lambda: bar.advance(task)
+
     def describe(self, symbol: Symbol) -> None:
         """A symbol's definition, introduced by what kind of symbol it is."""
         text = describe_text(symbol)
         kind = symbol_kind(symbol)
         article = "an" if kind[0] in "aeiou" else "a"
         self._line(f"{symbol.full_name} is {article} {kind}:")
-        if self.pretty:
-            self._out.print(Syntax(text, "protobuf", theme="ansi_dark", background_color="default"))
+        if self._out.console is not None and self.pretty:
+            from rich.syntax import Syntax
+
+            self._out.console.print(
+                Syntax(text, "protobuf", theme="ansi_dark", background_color="default")
+            )
         else:
             self._line(text)
 
@@ -322,38 +407,34 @@ class Renderer:
 
     def error(self, message: str) -> None:
         """A local failure: ``ERROR: <message>``."""
-        self._err.print(Text.assemble(("ERROR:", "bold red"), " ", message))
+        self._err.print(("ERROR:", "bold red"), " ", message)
 
     def rpc_error(self, code: grpc.StatusCode, details: str, trailers: Metadata) -> None:
         """A non-OK status: ``ERROR: <CODE_NAME>: <message>`` and any rich error details."""
-        self._err.print(
-            Text.assemble(("ERROR:", "bold red"), " ", (code.name, "red"), ": ", details)
-        )
+        self._err.print(("ERROR:", "bold red"), " ", (code.name, "red"), ": ", details)
         for type_name, text in status_details(trailers, self.pool):
-            self._err.print(Text.assemble("  detail ", (type_name, "cyan"), ": ", text))
+            self._err.print("  detail ", (type_name, "cyan"), ": ", text)
 
     def warning(self, message: str) -> None:
         """Something the command could not do although it went on: ``WARNING: <message>``."""
-        self._err.print(Text.assemble(("WARNING:", "bold yellow"), " ", message))
+        self._err.print(("WARNING:", "bold yellow"), " ", message)
 
     def info(self, text: str) -> None:
         """An informational line on stderr (never stdout, which is for data)."""
-        self._err.print(Text(text))
+        self._err.print(text)
 
     def _metadata(self, title: str, metadata: Metadata) -> None:
-        self._err.print(Text(title, style="bold"))
+        self._err.print((title, "bold"))
         if not metadata:
-            self._err.print(Text("  (empty)", style="dim"))
+            self._err.print(("  (empty)", "dim"))
         for key, value in metadata:
-            self._err.print(Text.assemble("  ", (key, "cyan"), ": ", _shown(key, value)))
+            self._err.print("  ", (key, "cyan"), ": ", _shown(key, value))
 
     def request_start(self, method: MethodDescriptor, metadata: Metadata) -> None:
         """Verbose: the method and the request metadata, before the call."""
         if not self.verbose:
             return
-        self._err.print(
-            Text.assemble(("Method: ", "bold"), method_path(method), f" ({call_kind(method)})")
-        )
+        self._err.print(("Method: ", "bold"), method_path(method), f" ({call_kind(method)})")
         self._metadata("Request metadata to send:", metadata)
 
     def event(self, event: CallEvent) -> None:
@@ -372,13 +453,11 @@ class Renderer:
             shown = [(k, v) for k, v in status.trailers if k != STATUS_DETAILS_KEY]
             self._metadata("Response trailers received:", shown)
             self._err.print(
-                Text.assemble(
-                    ("Status: ", "bold"),
-                    (status.code.name, "green" if status.ok else "red"),
-                    f" after {status.elapsed * 1000:.1f} ms; sent "
-                    f"{_plural(status.requests_sent, 'request')}, received "
-                    f"{_plural(status.responses_received, 'response')}",
-                )
+                ("Status: ", "bold"),
+                (status.code.name, "green" if status.ok else "red"),
+                f" after {status.elapsed * 1000:.1f} ms; sent "
+                f"{_plural(status.requests_sent, 'request')}, received "
+                f"{_plural(status.responses_received, 'response')}",
             )
         if not status.ok:
             self.rpc_error(status.code, status.details, status.trailers)

@@ -32,7 +32,6 @@ from typing import Any
 
 import grpc
 
-from grpctunnel.gateway.auth import bearer_metadata
 from grpctunnel_cli.errors import CliError, ConnectError, TlsMismatchError, UsageError
 
 __all__ = [
@@ -116,7 +115,11 @@ class ClientSecurity:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata carrying the token, on every request (none without a token)."""
-        return bearer_metadata(self.token) if self.token else ()
+        if not self.token:
+            return ()
+        from grpctunnel.gateway.auth import bearer_metadata  # imported only when needed
+
+        return bearer_metadata(self.token)
 
     def token_hint(self) -> str:
         """What to tell a user whom the server did not authenticate."""

@@ -15,21 +15,25 @@ Built on the tunnel library (``grpctunnel``), never imported by it. Its parts:
 - :mod:`~grpctunnel.gateway.server`: :class:`GatewayServer`, a serving gateway assembled.
 """
 
-from grpctunnel.gateway.announce import (
-    INSTANCE_HEADER,
-    NAME_HEADER,
-    PIN_HEADER,
-    SERVICES_HEADER,
-    SLOT_HEADER,
-    TAKEN_OVER,
-    announce_metadata,
-    announced_name,
-    announced_services,
-    tunnel_name,
-    tunnel_services,
-)
-from grpctunnel.gateway.gateway import Gateway
-from grpctunnel.gateway.server import BindError, GatewayServer, GatewaySettings
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grpctunnel.gateway.announce import (
+        INSTANCE_HEADER,
+        NAME_HEADER,
+        PIN_HEADER,
+        SERVICES_HEADER,
+        SLOT_HEADER,
+        TAKEN_OVER,
+        announce_metadata,
+        announced_name,
+        announced_services,
+        tunnel_name,
+        tunnel_services,
+    )
+    from grpctunnel.gateway.gateway import Gateway
+    from grpctunnel.gateway.server import BindError, GatewayServer, GatewaySettings
 
 __all__ = [
     "INSTANCE_HEADER",
@@ -48,3 +52,37 @@ __all__ = [
     "tunnel_name",
     "tunnel_services",
 ]
+
+# Where each name is defined: imported when first asked for (PEP 562), so that importing one
+# module of the gateway (reflection_client, auth) does not import the whole gateway.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "INSTANCE_HEADER",
+            "NAME_HEADER",
+            "PIN_HEADER",
+            "SERVICES_HEADER",
+            "SLOT_HEADER",
+            "TAKEN_OVER",
+            "announce_metadata",
+            "announced_name",
+            "announced_services",
+            "tunnel_name",
+            "tunnel_services",
+        ),
+        "grpctunnel.gateway.announce",
+    ),
+    "Gateway": "grpctunnel.gateway.gateway",
+    "BindError": "grpctunnel.gateway.server",
+    "GatewayServer": "grpctunnel.gateway.server",
+    "GatewaySettings": "grpctunnel.gateway.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -16,8 +16,6 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from grpctunnel.session import EOF
-
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 REFLECTION_SERVICES = frozenset({REFLECTION_V1, REFLECTION_V1ALPHA})
@@ -27,6 +25,8 @@ V1ALPHA = f"/{REFLECTION_V1ALPHA}/ServerReflectionInfo"
 
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 async def ask(
@@ -59,7 +59,7 @@ async def ask(
             raise
         finally:
             call.cancel()
-        if response is EOF:
+        if response is _EOF:
             continue
         return path, response
     if last is not None:

@@ -23,24 +23,19 @@ from typing import TYPE_CHECKING
 import grpc
 
 from grpctunnel import keepalive
+from grpctunnel.defaults import DEFAULT_ESTABLISHMENT_TIMEOUT, DEFAULT_MAX_MESSAGE_LENGTH
 from grpctunnel.gateway.auth import TokenAuthority
 from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
 from grpctunnel.gateway.proxy import CallObserver, MessageLimit
-from grpctunnel.options import (
-    DEFAULT_ESTABLISHMENT_TIMEOUT,
-    TunnelServiceHandlerOptions,
-    rpc_message_limit,
-)
+from grpctunnel.options import TunnelServiceHandlerOptions, rpc_message_limit
 
 if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
     from grpctunnel.gateway.cluster import ClusterNode, ClusterSettings
 
 log = logging.getLogger("grpctunnel")
 
-MIB = 1024 * 1024
-DEFAULT_MAX_MESSAGE_LENGTH = 64 * MIB
 DEFAULT_MAX_STREAMS_PER_TUNNEL = 1000
 
 
