@@ -14,7 +14,7 @@ from typing import Annotated
 import grpc
 import typer
 
-from grpctunnel.gateway.proxy import MessageLimit
+from grpctunnel.gateway.message_limit import MessageLimit
 from grpctunnel_cli.client import connect
 from grpctunnel_cli.command import run
 from grpctunnel_cli.completion import complete_method

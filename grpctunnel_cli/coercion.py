@@ -15,6 +15,7 @@ with a Typer that has no such hook, `quicken` changes nothing.
 
 from __future__ import annotations
 
+import enum
 import typing
 from typing import Any
 
@@ -48,6 +49,12 @@ class QuickCoercion:
             ):
                 return True, list(value)
             return False, None
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            if type(value) is annotation:  # a default given as a member of its enum
+                return True, value
+            return False, None
+        if annotation is float and type(value) is int:
+            value = float(value)  # a whole-number default of a float option, as Typer gives it
         if annotation not in _SCALARS or type(value) is not annotation:
             return False, None
         if annotation is not str:

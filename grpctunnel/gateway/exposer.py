@@ -37,9 +37,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpctunnel import keepalive
 from grpctunnel.client import ReverseTunnelServer
 from grpctunnel.gateway.announce import GATEWAY_ANSWERS, announce_metadata
+from grpctunnel.gateway.message_limit import MessageLimit
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.gateway.metrics import ExposerMetrics
-from grpctunnel.gateway.proxy import MessageLimit, ProxyHandler, RelayStats, Route
+from grpctunnel.gateway.proxy import ProxyHandler, RelayStats, Route
 from grpctunnel.gateway.reflection_client import reflect
 from grpctunnel.gateway.schema_files import SchemaIndex
 from grpctunnel.gateway.schema_reflection import SchemaReflection

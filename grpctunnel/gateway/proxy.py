@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import grpc
 
 from grpctunnel import metadata as md
 from grpctunnel.gateway.first_status import FirstStatus
+from grpctunnel.gateway.message_limit import MessageLimit
 from grpctunnel.gateway.method_kinds import MethodKinds
 from grpctunnel.session import EOF
 
@@ -71,28 +71,6 @@ class Route:
 
 
 # how grpc (and the tunnel protocol) word a message over a receiving limit
-_TOO_LARGE = re.compile(r"received message larger than max \((\d+) vs\. (\d+)\)", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class MessageLimit:
-    """The bound of one relaying hop on each message it receives, and how its operator
-    raises it. A relayed call failing because a response was over this very bound (the
-    limit grpc names is ``length``) says so: "<hop>: response of N bytes exceeds
-    <raised_by>", rather than grpc's words, which name no hop."""
-
-    length: int
-    hop: str  # who relays: "serve", "expose"
-    raised_by: str  # e.g. "--max-message-mib 64 of `grpctunnel expose`"
-
-    def explain(self, details: str) -> str | None:
-        """The failure's details as this hop's refusal; None if it was not this hop's."""
-        found = _TOO_LARGE.search(details)
-        if found is None or int(found.group(2)) != self.length:
-            return None
-        return f"{self.hop}: response of {found.group(1)} bytes exceeds {self.raised_by}"
-
-
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
 CallObserver = Callable[[str, grpc.StatusCode, float], None]
 # told of every call the handler answered: the method, the route it was relayed along
@@ -479,7 +457,6 @@ async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> 
 __all__ = [
     "CallObserver",
     "CallTap",
-    "MessageLimit",
     "ProxyHandler",
     "RelayStats",
     "Route",

@@ -27,8 +27,9 @@ from grpctunnel.defaults import DEFAULT_ESTABLISHMENT_TIMEOUT, DEFAULT_MAX_MESSA
 from grpctunnel.gateway.auth import TokenAuthority
 from grpctunnel.gateway.directory import DEFAULT_SERVICE_GRACE
 from grpctunnel.gateway.gateway import Gateway
+from grpctunnel.gateway.message_limit import MessageLimit
 from grpctunnel.gateway.metrics import GatewayMetrics, MetricsServer, serve_metrics
-from grpctunnel.gateway.proxy import CallObserver, MessageLimit
+from grpctunnel.gateway.proxy import CallObserver
 from grpctunnel.options import TunnelServiceHandlerOptions, rpc_message_limit
 
 if TYPE_CHECKING:  # Redis is imported only by a node of a cluster
