@@ -132,7 +132,7 @@ async def test_bad_input_is_reported_and_the_call_goes_on(chat: Terminal) -> Non
     assert len(errors) == 2, stderr
     assert "invalid JSON in stdin at line 2" in errors[0]
     assert "(not sent; type it again)" in errors[0]
-    assert 'no field named "nope"' in stderr
+    assert "unknown field 'nope' in grpctunnel.demo.v1.EchoRequest" in errors[1]
     assert "Traceback" not in stderr
 
 
