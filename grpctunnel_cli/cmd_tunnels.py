@@ -4,7 +4,8 @@
 On a terminal it shows a table, kept live with --watch as tunnels open and close (and
 their counters move); otherwise, or with --json, one JSON object per tunnel per line,
 and with --watch one per event (``listed`` for each tunnel open when the watch began,
-then ``opened`` / ``closed``).
+then ``opened`` / ``closed``). ``--close NAME`` drains and closes the tunnels of a name
+(on every node of a cluster).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import grpc
+import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -71,6 +73,25 @@ def tunnels(
             panel=OUTPUT,
         ),
     ] = False,
+    close: Annotated[
+        str | None,
+        typer.Option(
+            "--close",
+            metavar="NAME",
+            help="Close the reverse tunnels named NAME (on every node of a cluster): "
+            "no new call goes to them, calls in flight get --grace to finish.",
+        ),
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0.0,
+            metavar="SECONDS",
+            help="With --close: how long calls in flight may take (0: the server's "
+            "default, 10 s; at most 300).",
+        ),
+    ] = 0.0,
 ) -> None:
     """List the tunnels open at a server: who is connected.
 
@@ -98,6 +119,15 @@ def tunnels(
         ) as channel:
             stub: Any = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
             try:
+                if close is not None:
+                    closed = await stub.CloseTunnel(
+                        admin_pb2.CloseTunnelRequest(name=close, grace_seconds=grace),
+                        metadata=metadata,
+                        timeout=connection.timeout,
+                    )
+                    plural = "" if closed.closed == 1 else "s"
+                    print(f"closed {closed.closed} tunnel{plural} named {close}", flush=True)
+                    return 0
                 if not watch:
                     response = await stub.ListTunnels(
                         admin_pb2.ListTunnelsRequest(),
