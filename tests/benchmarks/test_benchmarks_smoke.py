@@ -15,7 +15,7 @@ from support.processes import clean_env
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"  # what the cli path runs
-PATHS = {"direct", "forward", "reverse", "cli"}
+PATHS = {"direct", "forward", "reverse", "cli"}  # and ssh, where sshd is installed
 SCENARIOS = {
     "unary_latency",
     "unary_throughput",
@@ -47,7 +47,13 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
 
     assert report["errors"] == []
-    assert set(report["paths"]) == PATHS
+    unavailable = report["unavailable_paths"]
+    assert set(unavailable) <= {"ssh"}
+    for reason in unavailable.values():
+        assert "not installed" in reason or "/run/sshd" in reason
+        assert "path ssh skipped: " + reason in " ".join(proc.stderr.split())
+    paths = PATHS | ({"ssh"} - set(unavailable))
+    assert set(report["paths"]) == paths
     machine = report["meta"]["machine"]
     for key in ("cpu_model", "usable_cores", "python", "grpcio"):
         assert machine[key]
@@ -60,14 +66,14 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
         for path in skipped:
             assert scenario["skipped"][path], (name, path)  # a reason
         for key, metric in scenario["metrics"].items():
-            assert set(metric["values"]) == PATHS, (name, key)
+            assert set(metric["values"]) == paths, (name, key)
             for path, value in metric["values"].items():
                 if path in skipped:
                     assert value["median"] is None and value["samples"] == [], (name, key, path)
                     continue
                 assert value["median"] is not None, (name, key, path)
                 assert len(value["samples"]) == 1, (name, key, path)
-            assert set(metric["ratios"]) == PATHS - {"direct"}, (name, key)
+            assert set(metric["ratios"]) == paths - {"direct"}, (name, key)
             for path in skipped:
                 assert metric["ratios"][path] is None, (name, key, path)
 
@@ -75,3 +81,10 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     streams = report["scenarios"]["streams_1000"]["details_median"]
     assert streams["path_processes_rss_mib"]["cli"] > 0
     assert streams["path_processes_rss_mib"]["direct"] == 0
+    if "ssh" in paths:  # sshd and ssh (and the sshd child serving the forward)
+        assert streams["path_processes_rss_mib"]["ssh"] > 0
+    # CPU per call of every process, the path's own ones by name
+    throughput = report["scenarios"]["unary_throughput"]
+    assert "cpu_total_ms" in throughput["metrics"]
+    assert set(throughput["details_median"]["cpu_serve_ms"]) >= {"cli"}
+    assert throughput["details_median"]["cpu_expose_ms"]["cli"] is not None
