@@ -485,6 +485,11 @@ class ServerCall:
         if self._task is not None:
             self._task.cancel()
 
+    @property
+    def half_closed(self) -> bool:
+        """The caller sent its half-close: no more requests will come."""
+        return self._half_closed
+
     # -- requests -------------------------------------------------------------------
 
     async def read_request(self) -> Any:
@@ -829,6 +834,12 @@ class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
 
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def requests_complete(self) -> bool:
+        """Whether the caller half-closed: its requests are all in. Unlike grpc.aio,
+        whose request stream ends alike for a caller that half-closed and one that
+        cancelled, a tunnelled call is told each apart (a cancel ends it at once)."""
+        return self._call.half_closed and not self._cancelled
 
     def done(self) -> bool:
         return self._done
