@@ -20,6 +20,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from grpctunnel.allocator import tune_for_large_messages
 from grpctunnel_cli import (
     cmd_call,
     cmd_demo,
@@ -99,4 +100,6 @@ _register("demo-backend", cmd_demo_backend.demo_backend, TRYING, None)
 
 def main() -> None:
     """The console script entry point."""
+    # serve and expose relay messages of megabytes: keep their buffers' pages mapped
+    tune_for_large_messages()
     app()
