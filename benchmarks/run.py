@@ -642,7 +642,8 @@ def caption_text(
 ) -> str:
     text = (
         f"{machine['cpu_model']} · {machine['usable_cores']} cores · Python {machine['python']} · "
-        f"grpcio {machine['grpcio']} · profile {profile} · median of {repeat} run(s)\n"
+        f"grpcio {machine['grpcio']} · profile {profile} · median of {repeat} run(s)"
+        f" · malloc {(report or {}).get('meta', {}).get('malloc', 'default')}\n"
         f"ratio = path ÷ {BASELINE}. 'better' says which way is good: for 'lower' rows a ratio "
         f"above 1 means the tunnel is slower/bigger; for 'higher' rows a ratio below 1 means "
         f"the tunnel is slower. ≈: within 5 %; yellow: up to 25 % worse; red: more."
@@ -730,7 +731,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"reverse tunnels `grpctunnel expose` keeps open on the cli path (default {CLI.tunnels})",
     )
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="run the service and caller processes with glibc's malloc tuned for large "
+        "messages, as the grpctunnel command tunes itself (grpctunnel.allocator)",
+    )
     args = parser.parse_args(argv)
+    if args.tuned_malloc:  # inherited by the worker processes, spawned after this
+        from grpctunnel.allocator import DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD
+
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(DEFAULT_MMAP_THRESHOLD)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(DEFAULT_TRIM_THRESHOLD)
     if not 1 <= args.cli_tunnels <= 64:
         parser.error("--cli-tunnels must be between 1 and 64")
     CLI.tunnels = args.cli_tunnels
@@ -809,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv,
             "baseline": BASELINE,
             "cli": {"tunnels": CLI.tunnels, "command": " ".join(grpctunnel_command_or_none())},
+            # glibc malloc of the service and caller processes: "default", or "tuned" as
+            # the grpctunnel command tunes its own (--tuned-malloc)
+            "malloc": "tuned" if args.tuned_malloc else "default",
             "ratio": f"path / {BASELINE}; see each metric's 'better' (lower/higher/linear)",
         },
         "paths": {p.name: {"label": p.label, "description": p.description} for p in paths},
