@@ -526,7 +526,13 @@ class ServerCall:
                 return
             yield request
 
-    async def write_response(self, message: Any) -> None:
+    async def write_response(self, message: Any, *, last: bool = False) -> None:
+        """Queues one response message and waits until it is framed (its stream's
+        window let it out), so that a streaming handler goes no faster than its caller
+        reads. ``last``: the only response of a unary method, which the status follows
+        at once; when its stream's window lets it all out, it is not waited for, so that
+        the message and the status go out together (in one message of the tunnel RPC)
+        rather than one after the other."""
         if self._finished:
             raise asyncio.InvalidStateError("RPC already finished")
         serializer = self.handler.response_serializer
@@ -548,7 +554,8 @@ class ServerCall:
         self.context._headers_sent = True
         if session.conn.send_message(self.stream_id, data):
             session.flush()
-            await session.wait_writable(self.stream_id)
+            if not last or not session.conn.fits_window(self.stream_id):
+                await session.wait_writable(self.stream_id)
 
     def send_headers(self, pairs: md.MetadataPairs) -> None:
         session = self.session
@@ -602,7 +609,7 @@ class ServerCall:
                     if result is None:
                         ctx._set_final(grpc.StatusCode.INTERNAL, "the handler returned no response")
                     else:
-                        await self.write_response(result)
+                        await self.write_response(result, last=True)
         except AbortError:
             pass
         except asyncio.CancelledError:
