@@ -35,7 +35,15 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
-from paths import BASELINE, CLI, PATHS, Pair, PathDef, grpctunnel_command  # noqa: E402
+from paths import (  # noqa: E402
+    BASELINE,
+    CLI,
+    PATHS,
+    Pair,
+    PathDef,
+    descendants,
+    grpctunnel_command,
+)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -162,14 +170,18 @@ def _labelled_pids(pair: Pair, path: PathDef) -> dict[str, int]:
     """Every process that does work on the path, by label: the service and the caller,
     and the path's own processes (serve/expose, sshd/ssh) and their children."""
     pids = {"service": pair.service.pid, "caller": pair.caller.pid}
-    own = pair.path_pids(path.name)
-    labels = {p.pid: _process_label(p) for p in pair.processes.get(path.name, [])}
-    for pid in own:
-        label = labels.get(pid, "child")
+
+    def add(label: str, pid: int) -> None:
         name, n = label, 2
         while name in pids:
             name, n = f"{label}{n}", n + 1
         pids[name] = pid
+
+    for process in pair.processes.get(path.name, []):
+        label = _process_label(process)
+        add(label, process.pid)
+        for child in descendants(process.pid):  # sshd's session process
+            add(f"{label}_child", child)
     return pids
 
 

@@ -88,3 +88,38 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     assert "cpu_total_ms" in throughput["metrics"]
     assert set(throughput["details_median"]["cpu_serve_ms"]) >= {"cli"}
     assert throughput["details_median"]["cpu_expose_ms"]["cli"] is not None
+
+
+@pytest.mark.timeout(120)
+def test_many_tunnels_runs_from_run_py(tmp_path: Path) -> None:
+    """The many-tunnel scenario is a program of its own, reachable by name from run.py."""
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--scenarios", "many_tunnels", "--json", str(out)],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    assert report["scenarios"] == {}
+    ran = report["external"]["many_tunnels"]
+    assert ran["status"] == 0
+    result = json.loads(Path(ran["json"]).read_text())
+    assert result, "many_tunnels.py wrote its figures"
+
+
+def test_unknown_scenario_is_refused_with_the_known_names(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--scenarios", "nope", "--json", str(tmp_path / "x")],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown scenario" in proc.stderr and "many_tunnels" in proc.stderr
