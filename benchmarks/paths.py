@@ -145,8 +145,18 @@ class Pair:
         process the path started."""
         return [self.service.pid, *(p.pid for p in self.processes.get(path, []))]
 
+    def path_pids(self, path: str) -> list[int]:
+        """The processes a path started (cli: serve and expose; ssh: sshd and ssh), and
+        their children (the sshd process serving the forward's connection)."""
+        pids = [p.pid for p in self.processes.get(path, [])]
+        return pids + [c for pid in pids for c in descendants(pid)]
+
     def server_rss(self, path: str) -> int:
-        return sum(rss_bytes(pid) for pid in self.server_pids(path))
+        return sum(
+            rss_bytes(pid)
+            for pid in [self.service.pid, *self.path_pids(path)]
+            if os.path.exists(f"/proc/{pid}")
+        )
 
     def client_rss(self) -> int:
         return self.caller.rss()
@@ -188,6 +198,8 @@ class PathDef:
     open: Callable[[Pair], dict[str, Any]]
     close: Callable[[Pair], None] = _no_op
     skips: dict[str, str] = field(default_factory=dict)  # scenario -> why it is left out
+    # why the path cannot run on this machine at all (None: it can), e.g. a missing tool
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 PATHS: dict[str, PathDef] = {}
@@ -423,5 +435,190 @@ register_path(
         _close_cli,
     )
 )
+
+# -- the ssh path: the same calls over an OpenSSH remote forward (`ssh -N -R`) -------------
+
+
+def _ssh_tools() -> tuple[str, str, str] | str:
+    """(sshd, ssh, ssh-keygen) paths, or why the ssh path cannot run here."""
+    sshd = shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None
+    )
+    ssh = shutil.which("ssh")
+    keygen = shutil.which("ssh-keygen")
+    if sshd is None:
+        return "sshd is not installed (Debian/Ubuntu: apt-get install openssh-server)"
+    if ssh is None or keygen is None:
+        return "the OpenSSH client (ssh, ssh-keygen) is not installed"
+    if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+        try:  # sshd run as root insists on its privilege separation directory
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        except OSError as e:
+            return f"sshd needs /run/sshd, which cannot be created: {e}"
+    return sshd, ssh, keygen
+
+
+def _ssh_unavailable() -> str | None:
+    tools = _ssh_tools()
+    return tools if isinstance(tools, str) else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _open_ssh(pair: Pair) -> dict[str, Any]:
+    """Starts a loopback sshd of its own (throwaway host and user keys and config in a
+    temporary directory, an ephemeral port) and `ssh -N -R <port>:127.0.0.1:<service
+    port>` to it: the caller then calls the forwarded port with a plain channel, and
+    every byte crosses ssh, sshd and back over loopback TCP."""
+    tools = _ssh_tools()
+    if isinstance(tools, str):
+        raise RuntimeError(f"ssh path: {tools}")
+    sshd, ssh, keygen = tools
+    work = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
+    pair.state["ssh_dir"] = work
+    pair.cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    for key in ("host_key", "user_key"):
+        subprocess.run(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    shutil.copy(work / "user_key.pub", work / "authorized_keys")
+    ssh_port = _free_port()
+    config = work / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {ssh_port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {work / 'host_key'}",
+                f"AuthorizedKeysFile {work / 'authorized_keys'}",
+                f"PidFile {work / 'sshd.pid'}",
+                "StrictModes no",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "AllowTcpForwarding yes",
+                "GatewayPorts no",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    log = work / "sshd.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    pair.add_process("ssh", server)
+    _wait_for_log(
+        server, log, "sshd", lambda _: _port_open(ssh_port), CLI.start_timeout, shown=(log,)
+    )
+    forwarded = _free_port()
+    client_log = work / "ssh.log"
+    user = os.environ.get("USER") or __import__("getpass").getuser()
+    with open(client_log, "wb") as out:
+        client = subprocess.Popen(
+            [
+                ssh,
+                "-N",
+                "-p",
+                str(ssh_port),
+                "-i",
+                str(work / "user_key"),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-R",
+                f"127.0.0.1:{forwarded}:127.0.0.1:{pair.service_port}",
+                f"{user}@127.0.0.1",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    pair.add_process("ssh", client)
+    _wait_for_log(
+        client,
+        client_log,
+        "ssh -R",
+        lambda _: _port_open(forwarded),
+        CLI.start_timeout,
+        shown=(client_log, log),
+    )
+    return {"kind": "grpc", "target": f"127.0.0.1:{forwarded}"}
+
+
+def _close_ssh(pair: Pair) -> None:
+    work = pair.state.pop("ssh_dir", None)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+register_path(
+    PathDef(
+        "ssh",
+        "ssh -R",
+        "OpenSSH remote forward: the caller's plain grpc.aio channel to a port that a "
+        "loopback sshd forwards, through an `ssh -N -R` session, to the service "
+        "process's grpc.aio server (a raw TCP forward: what `expose` is compared with)",
+        _open_ssh,
+        _close_ssh,
+        unavailable=_ssh_unavailable,
+    )
+)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, their children, and so on (sshd serves each
+    connection in a child process of its own)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
+
 
 __all__ = ["BASELINE", "CLI", "PATHS", "Pair", "PathDef", "Worker", "WorkerError", "register_path"]

@@ -52,6 +52,12 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "big_unary": ("big_unary", {"small": 8 * MiB, "large": 64 * MiB}),
     "streams_1000": ("streams", {"streams": 1000}),
 }
+# what one run of each workload does, to give CPU per unit of work
+WORK = {
+    "unary_latency": ("calls", "call"),
+    "unary_throughput": ("calls", "call"),
+    "stream_1mib": ("mib", "MiB"),
+}
 HEADLINE = {
     "unary_latency": "p50_ms",
     "unary_throughput": "calls_per_s",
@@ -120,6 +126,30 @@ def summarise(label: str, raw: Path, cpu_pct: float, expected: int, top: int) ->
     return "\n".join(out)
 
 
+def _work_in_window(
+    scenario: str,
+    results: list[dict[str, Any]],
+    finished: list[float],
+    start: float,
+    end: float,
+) -> tuple[float, str] | None:
+    """How many calls (or MiB) were made inside [start, end]: each run's amount, in
+    proportion to the part of its elapsed time that falls in the window."""
+    if scenario not in WORK:
+        return None
+    key, unit = WORK[scenario]
+    total = 0.0
+    for result, done in zip(results, finished, strict=False):
+        elapsed = float(result.get("elapsed_s") or 0.0)
+        amount = float(result.get(key) or 0.0)
+        if elapsed <= 0 or amount <= 0:
+            continue
+        begun = done - elapsed
+        overlap = max(0.0, min(done, end) - max(begun, start))
+        total += amount * overlap / elapsed
+    return total, unit
+
+
 def main(argv: list[str] | None = None) -> int:
     # only when run as a program: importing this module must not change the environment
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -152,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     path = PATHS[args.path]
     pair = Pair.start()
     results: list[dict[str, Any]] = []
+    finished: list[float] = []  # when each run of ``results`` ended (monotonic)
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -161,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(
                     pair.caller.request("run", name=path.name, scenario=scenario, params=params)
                 )
+                finished.append(time.monotonic())
         except BaseException as e:
             errors.append(e)
 
@@ -236,12 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{v:.3g}" for v in figures)
     ]
     expected = int(args.duration * args.rate)
+    work = _work_in_window(args.scenario, results, finished, started, started + window)
+    if work is not None:
+        amount, unit = work
+        lines.append(f"{amount:,.0f} {unit}s in the {window:.1f} s window")
     for name in processes:
         cpu_pct = 100 * (after[name] - before[name]) / window
+        per = ""
+        if work is not None and work[0] > 0:
+            per = f"; {1e3 * (after[name] - before[name]) / work[0]:.3f} ms CPU per {work[1]}"
         if args.cpu_only:
-            lines.append(f"== {name}: CPU {cpu_pct:.0f} % of one core")
+            lines.append(f"== {name}: CPU {cpu_pct:.0f} % of one core{per}")
         else:
-            lines.append(summarise(name, raws[name], cpu_pct, expected, args.top))
+            lines.append(summarise(name, raws[name], cpu_pct, expected, args.top) + per)
     text = "\n\n".join(lines) + "\n"
     suffix = "cpu" if args.cpu_only else "summary"
     (args.out / f"{stem}-{suffix}.txt").write_text(text)

@@ -3,7 +3,7 @@
 command line (serve + expose).
 
     python benchmarks/run.py [--quick | --smoke] [--repeat N] [--json PATH]
-                             [--paths direct,forward,reverse,cli] [--profile SCENARIO]
+                             [--paths direct,forward,reverse,cli,ssh] [--profile SCENARIO]
                              [--cli-tunnels N]
 
 Every figure is measured between two processes, a *service process* (hosts the
@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -34,7 +35,15 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
-from paths import BASELINE, CLI, PATHS, Pair, PathDef, grpctunnel_command  # noqa: E402
+from paths import (  # noqa: E402
+    BASELINE,
+    CLI,
+    PATHS,
+    Pair,
+    PathDef,
+    descendants,
+    grpctunnel_command,
+)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -146,19 +155,87 @@ class Scenario:
     run: Runner
 
 
-def _in_caller(scenario: str, params: Callable[[Counts], dict[str, Any]], name: str) -> Runner:
-    """A runner that runs one caller-side scenario (workers.SCENARIOS)."""
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads), seconds: the counters
+    getrusage reports, read from /proc/<pid>/stat; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _labelled_pids(pair: Pair, path: PathDef) -> dict[str, int]:
+    """Every process that does work on the path, by label: the service and the caller,
+    and the path's own processes (serve/expose, sshd/ssh) and their children."""
+    pids = {"service": pair.service.pid, "caller": pair.caller.pid}
+
+    def add(label: str, pid: int) -> None:
+        name, n = label, 2
+        while name in pids:
+            name, n = f"{label}{n}", n + 1
+        pids[name] = pid
+
+    for process in pair.processes.get(path.name, []):
+        label = _process_label(process)
+        add(label, process.pid)
+        for child in descendants(process.pid):  # sshd's session process
+            add(f"{label}_child", child)
+    return pids
+
+
+def _in_caller(
+    scenario: str,
+    params: Callable[[Counts], dict[str, Any]],
+    name: str,
+    work: str | None = None,
+) -> Runner:
+    """A runner that runs one caller-side scenario (workers.SCENARIOS). With ``work``
+    (the result's count of calls, or MiB), it also reports the CPU each process spent
+    per unit of work: ``cpu_<process>_ms`` for each, ``cpu_path_ms`` for the path's own
+    processes together, ``cpu_total_ms`` for all."""
 
     def run(pair: Pair, path: PathDef, ctx: RunContext) -> dict[str, Any]:
         profile = None
         if ctx.profile == name:
             profile = str(ctx.results_dir / f"profile-{name}-{path.name}.txt")
+        pids = _labelled_pids(pair, path) if work else {}
+        before = {label: cpu_seconds(pid) for label, pid in pids.items()}
         result: dict[str, Any] = pair.caller.request(
             "run", name=path.name, scenario=scenario, params=params(ctx.counts), profile=profile
         )
+        if work and result.get(work):
+            amount = float(result[work])
+            spent: dict[str, float] = {}
+            for label, pid in pids.items():
+                start, end = before[label], cpu_seconds(pid)
+                if start is not None and end is not None:
+                    spent[label] = 1e3 * (end - start) / amount
+            for label, ms in spent.items():
+                result[f"cpu_{label}_ms"] = ms
+            result["cpu_path_ms"] = sum(
+                ms for label, ms in spent.items() if label not in ("service", "caller")
+            )
+            result["cpu_total_ms"] = sum(spent.values())
         return result
 
     return run
+
+
+def _cpu_metrics(unit: str) -> list[Metric]:
+    return [
+        Metric("cpu_total_ms", f"CPU per {unit}, all processes (ms)", "lower", 3),
+        Metric("cpu_service_ms", f"CPU per {unit}, service process (ms)", "lower", 3),
+        Metric(
+            "cpu_path_ms",
+            f"CPU per {unit}, the path's own processes (ms)",
+            "lower",
+            3,
+            ratio_floor=1e-9,
+        ),
+        Metric("cpu_caller_ms", f"CPU per {unit}, caller process (ms)", "lower", 3),
+    ]
 
 
 def _run_memory_growth(pair: Pair, path: PathDef, ctx: RunContext) -> dict[str, Any]:
@@ -225,7 +302,10 @@ SCENARIOS: list[Scenario] = [
             f"({c.tput_concurrency * c.tput_per_caller} calls)"
         ),
         "shared",
-        lambda c: [Metric("calls_per_s", "throughput (calls/s)", "higher", 0)],
+        lambda c: [
+            Metric("calls_per_s", "throughput (calls/s)", "higher", 0),
+            *_cpu_metrics("call"),
+        ],
         _in_caller(
             "unary_throughput",
             lambda c: {
@@ -234,6 +314,7 @@ SCENARIOS: list[Scenario] = [
                 "warmup": c.tput_warmup,
             },
             "unary_throughput",
+            work="calls_all",
         ),
     ),
     Scenario(
@@ -243,9 +324,15 @@ SCENARIOS: list[Scenario] = [
             f"({_size(c.stream_count * c.stream_size)})"
         ),
         "shared",
-        lambda c: [Metric("mib_per_s", "throughput (MiB/s)", "higher", 1)],
+        lambda c: [
+            Metric("mib_per_s", "throughput (MiB/s)", "higher", 1),
+            *_cpu_metrics("MiB"),
+        ],
         _in_caller(
-            "stream", lambda c: {"count": c.stream_count, "size": c.stream_size}, "stream_1mib"
+            "stream",
+            lambda c: {"count": c.stream_count, "size": c.stream_size},
+            "stream_1mib",
+            work="mib_all",
         ),
     ),
     Scenario(
@@ -347,8 +434,12 @@ def grpctunnel_command_or_none() -> list[str]:
 
 
 def _process_label(process: Any) -> str:
-    """``serve``/``expose`` for the cli path's processes (the command's first word)."""
+    """``serve``/``expose`` for the cli path's processes (the command's first word),
+    ``sshd``/``ssh`` for the ssh path's."""
     args = process.args if isinstance(process.args, list | tuple) else [str(process.args)]
+    program = Path(str(args[0])).name
+    if program in ("sshd", "ssh"):
+        return program
     words = [str(a) for a in args[1:] if not str(a).startswith("-")]
     return words[0] if words else Path(str(args[0])).name
 
@@ -563,7 +654,8 @@ def caption_text(
 ) -> str:
     text = (
         f"{machine['cpu_model']} · {machine['usable_cores']} cores · Python {machine['python']} · "
-        f"grpcio {machine['grpcio']} · profile {profile} · median of {repeat} run(s)\n"
+        f"grpcio {machine['grpcio']} · profile {profile} · median of {repeat} run(s)"
+        f" · malloc {(report or {}).get('meta', {}).get('malloc', 'default')}\n"
         f"ratio = path ÷ {BASELINE}. 'better' says which way is good: for 'lower' rows a ratio "
         f"above 1 means the tunnel is slower/bigger; for 'higher' rows a ratio below 1 means "
         f"the tunnel is slower. ≈: within 5 %; yellow: up to 25 % worse; red: more."
@@ -582,6 +674,36 @@ def caption_text(
     for path, reason in sorted(skipped):
         text += f"\nskipped on {path}: {reason}"
     return text
+
+
+# scenarios that are programs of their own (their own processes, their own table), run
+# after the table when named with --scenarios: name -> script, and its arguments per
+# profile (default, quick, smoke)
+EXTERNAL: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "cluster": (
+        "cluster.py",
+        {"default": [], "quick": ["--calls", "1000"], "smoke": ["--calls", "50", "--tunnels", "1"]},
+    ),
+    "many_tunnels": (
+        "many_tunnels.py",
+        {
+            "default": [],
+            "quick": ["--tunnels", "10,1000", "--seconds", "2"],
+            "smoke": ["--tunnels", "2,10", "--seconds", "0.5"],
+        },
+    ),
+}
+
+
+def run_external(name: str, profile: str, results_dir: Path, log: Console) -> dict[str, Any]:
+    """Runs one of the EXTERNAL scenarios as its own process (its output shown as it
+    comes); its JSON goes to ``results_dir/<name>.json``."""
+    script, arguments = EXTERNAL[name]
+    json_out = results_dir / f"{name}.json"
+    command = [sys.executable, str(HERE / script), *arguments[profile], "--json", str(json_out)]
+    log.rule(f"{name}: {' '.join(command[1:])}")
+    status = subprocess.run(command, stdin=subprocess.DEVNULL, check=False).returncode
+    return {"status": status, "json": str(json_out), "command": command[1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default=",".join(s.name for s in SCENARIOS),
-        help="comma-separated scenarios to run",
+        help="comma-separated scenarios to run (also: "
+        + ", ".join(EXTERNAL)
+        + ", programs of their own run after the table)",
     )
     parser.add_argument(
         "--profile",
@@ -619,7 +743,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"reverse tunnels `grpctunnel expose` keeps open on the cli path (default {CLI.tunnels})",
     )
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="run the service and caller processes with glibc's malloc tuned for large "
+        "messages, as the grpctunnel command tunes itself (grpctunnel.allocator)",
+    )
     args = parser.parse_args(argv)
+    if args.tuned_malloc:  # inherited by the worker processes, spawned after this
+        from grpctunnel.allocator import DEFAULT_MMAP_THRESHOLD, DEFAULT_TRIM_THRESHOLD
+
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(DEFAULT_MMAP_THRESHOLD)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(DEFAULT_TRIM_THRESHOLD)
     if not 1 <= args.cli_tunnels <= 64:
         parser.error("--cli-tunnels must be between 1 and 64")
     CLI.tunnels = args.cli_tunnels
@@ -638,24 +773,46 @@ def main(argv: list[str] | None = None) -> int:
     if BASELINE not in names:
         names.insert(0, BASELINE)
     names.sort(key=lambda n: (n != BASELINE, list(PATHS).index(n)))
-    paths = [PATHS[n] for n in names]
+    unavailable: dict[str, str] = {}
+    for name in names:
+        reason = PATHS[name].unavailable()
+        if reason is not None:
+            unavailable[name] = reason
+    paths = [PATHS[n] for n in names if n not in unavailable]
     wanted = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     by_name = {s.name: s for s in SCENARIOS}
-    if any(n not in by_name for n in wanted):
-        parser.error(f"unknown scenario in {wanted}; known: {list(by_name)}")
-    scenarios = [by_name[n] for n in wanted]
+    if any(n not in by_name and n not in EXTERNAL for n in wanted):
+        parser.error(f"unknown scenario in {wanted}; known: {[*by_name, *EXTERNAL]}")
+    scenarios = [by_name[n] for n in wanted if n in by_name]
+    external = [n for n in wanted if n in EXTERNAL]
 
     json_path: Path = args.json
     json_path.parent.mkdir(parents=True, exist_ok=True)
     console = Console(width=None if sys.stdout.isatty() else 200)
     log = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
+    for name, reason in unavailable.items():
+        log.print(f"[yellow]path {name} skipped: {reason}[/]")
+
     machine = machine_info()
     ctx = RunContext(counts, args.profile, json_path.parent)
     started = time.monotonic()
     runner = Runner_(paths, scenarios, ctx, log)
+    external_results: dict[str, Any] = {}
     try:
-        runner.run(repeat)
+        if scenarios:
+            runner.run(repeat)
+        for name in external:
+            external_results[name] = run_external(name, profile_name, json_path.parent, log)
+            if external_results[name]["status"] != 0:
+                runner.errors.append(
+                    {
+                        "repeat": None,
+                        "scenario": name,
+                        "path": None,
+                        "error": f"{name} exited with status {external_results[name]['status']}",
+                    }
+                )
     except KeyboardInterrupt:
         log.print("[red]interrupted: reporting what was measured[/]")
         runner.errors.append(
@@ -676,16 +833,26 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv,
             "baseline": BASELINE,
             "cli": {"tunnels": CLI.tunnels, "command": " ".join(grpctunnel_command_or_none())},
+            # glibc malloc of the service and caller processes: "default", or "tuned" as
+            # the grpctunnel command tunes its own (--tuned-malloc)
+            "malloc": "tuned" if args.tuned_malloc else "default",
             "ratio": f"path / {BASELINE}; see each metric's 'better' (lower/higher/linear)",
         },
         "paths": {p.name: {"label": p.label, "description": p.description} for p in paths},
+        "unavailable_paths": unavailable,
         "scenarios": scenarios_out,
+        "external": external_results,
         "errors": runner.errors,
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
 
     caption = caption_text(machine, repeat, profile_name, report)
-    console.print(build_table({**report, "_counts": counts}, paths, caption))
+    for name, reason in unavailable.items():
+        caption += f"\npath {name} not measured: {reason}"
+    if scenarios:
+        console.print(build_table({**report, "_counts": counts}, paths, caption))
+    for name, result in external_results.items():
+        console.print(f"{name}: exit status {result['status']}, results in {result['json']}")
     console.print(f"total {elapsed:.0f} s · JSON: {json_path}")
     if runner.errors:
         console.print(f"[red]{len(runner.errors)} error(s); see 'errors' in the JSON[/]")

@@ -208,14 +208,17 @@ async def scenario_unary_latency(channel: Any, *, warmup: int, calls: int) -> di
     await _echo_calls(stub, warmup)
     samples: list[int] = []
     clock = time.perf_counter_ns
+    begun = clock()
     for _ in range(calls):
         started = clock()
         reply = await stub.Echo(_ECHO_16)
         samples.append(clock() - started)
         if reply.msg != _ECHO_16.msg:
             raise AssertionError("echo mismatch")
+    elapsed = (clock() - begun) / 1e9
     samples.sort()
     return {
+        "elapsed_s": elapsed,
         "p50_ms": _percentile(samples, 50),
         "p99_ms": _percentile(samples, 99),
         "mean_ms": sum(samples) / len(samples) / 1e6,
@@ -233,7 +236,13 @@ async def scenario_unary_throughput(
     await asyncio.gather(*(_echo_calls(stub, per_caller) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     total = concurrency * per_caller
-    return {"calls_per_s": total / elapsed, "elapsed_s": elapsed, "calls": total}
+    return {
+        "calls_per_s": total / elapsed,
+        "elapsed_s": elapsed,
+        "calls": total,
+        # every call made, warm-up included: what the CPU figures are divided by
+        "calls_all": total + concurrency * warmup,
+    }
 
 
 async def _stream_once(channel: Any, count: int, size: int) -> int:
@@ -245,13 +254,19 @@ async def _stream_once(channel: Any, count: int, size: int) -> int:
 
 
 async def scenario_stream(channel: Any, *, count: int, size: int) -> dict[str, Any]:
-    await _stream_once(channel, min(count, 4), size)  # warm-up
+    warmup = min(count, 4)
+    await _stream_once(channel, warmup, size)
     started = time.perf_counter()
     received = await _stream_once(channel, count, size)
     elapsed = time.perf_counter() - started
     if received != count * size:
         raise AssertionError(f"received {received} bytes, expected {count * size}")
-    return {"mib_per_s": received / elapsed / 2**20, "elapsed_s": elapsed, "mib": received / 2**20}
+    return {
+        "mib_per_s": received / elapsed / 2**20,
+        "elapsed_s": elapsed,
+        "mib": received / 2**20,
+        "mib_all": (received + warmup * size) / 2**20,  # warm-up included, for CPU figures
+    }
 
 
 async def scenario_big_unary(channel: Any, *, small: int, large: int) -> dict[str, Any]:

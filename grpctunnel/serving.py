@@ -485,6 +485,11 @@ class ServerCall:
         if self._task is not None:
             self._task.cancel()
 
+    @property
+    def half_closed(self) -> bool:
+        """The caller sent its half-close: no more requests will come."""
+        return self._half_closed
+
     # -- requests -------------------------------------------------------------------
 
     async def read_request(self) -> Any:
@@ -521,7 +526,13 @@ class ServerCall:
                 return
             yield request
 
-    async def write_response(self, message: Any) -> None:
+    async def write_response(self, message: Any, *, last: bool = False) -> None:
+        """Queues one response message and waits until it is framed (its stream's
+        window let it out), so that a streaming handler goes no faster than its caller
+        reads. ``last``: the only response of a unary method, which the status follows
+        at once; when its stream's window lets it all out, it is not waited for, so that
+        the message and the status go out together (in one message of the tunnel RPC)
+        rather than one after the other."""
         if self._finished:
             raise asyncio.InvalidStateError("RPC already finished")
         serializer = self.handler.response_serializer
@@ -543,7 +554,8 @@ class ServerCall:
         self.context._headers_sent = True
         if session.conn.send_message(self.stream_id, data):
             session.flush()
-            await session.wait_writable(self.stream_id)
+            if not last or not session.conn.fits_window(self.stream_id):
+                await session.wait_writable(self.stream_id)
 
     def send_headers(self, pairs: md.MetadataPairs) -> None:
         session = self.session
@@ -597,7 +609,7 @@ class ServerCall:
                     if result is None:
                         ctx._set_final(grpc.StatusCode.INTERNAL, "the handler returned no response")
                     else:
-                        await self.write_response(result)
+                        await self.write_response(result, last=True)
         except AbortError:
             pass
         except asyncio.CancelledError:
@@ -829,6 +841,12 @@ class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
 
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def requests_complete(self) -> bool:
+        """Whether the caller half-closed: its requests are all in. Unlike grpc.aio,
+        whose request stream ends alike for a caller that half-closed and one that
+        cancelled, a tunnelled call is told each apart (a cancel ends it at once)."""
+        return self._call.half_closed and not self._cancelled
 
     def done(self) -> bool:
         return self._done

@@ -152,6 +152,8 @@ def completed_command(environ: Mapping[str, str]) -> str | None:
 
 # The commands that end as soon as their output is written: they may skip Python's teardown.
 QUICK_EXIT = frozenset({"call", "list", "describe"})
+# The commands that relay messages for as long as they run: the allocator is tuned for them.
+RELAYING = frozenset({"serve", "expose", "demo", "demo-backend"})
 
 
 def exit_now(code: object) -> NoReturn:
@@ -178,6 +180,11 @@ def main() -> None:
     """The console script entry point."""
     completing = COMPLETE_VAR in os.environ
     chosen = completed_command(os.environ) if completing else chosen_command(sys.argv[1:])
+    if chosen in RELAYING:
+        # they relay messages of megabytes: keep their buffers' pages mapped
+        from grpctunnel.allocator import tune_for_large_messages
+
+        tune_for_large_messages()
     app = build_app(chosen)
     if not completing and chosen not in QUICK_EXIT:
         app()

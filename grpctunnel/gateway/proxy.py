@@ -335,6 +335,13 @@ def _caller_gone(context: Any) -> bool:
     return bool(cancelled()) if callable(cancelled) else False
 
 
+def _requests_complete(context: Any) -> bool:
+    """Whether the caller is known to have half-closed (a tunnel's servicer context can
+    tell; a grpc.aio one cannot tell a half-close from a cancel)."""
+    complete = getattr(context, "requests_complete", None)
+    return bool(complete()) if callable(complete) else False
+
+
 async def _relay_headers(context: Any, headers: Any) -> None:
     relayed = relayable(headers)
     if relayed:
@@ -439,10 +446,14 @@ async def _pump(requests: AsyncIterator[bytes], upstream: Any, context: Any) -> 
     cancellation reaching the handler a moment later: a half-close sent in between would
     tell the backend that a cancelled upload was complete. So the pump lets that moment
     pass (the handler cancels the pump when the news comes) and cancels the upstream
-    call instead if the caller is gone."""
+    call instead if the caller is gone. A caller through a tunnel (the exposer's side)
+    says whether it half-closed, so its half-close is relayed at once."""
     try:
         async for message in requests:
             await upstream.write(message)
+        if _requests_complete(context):  # a tunnelled caller's half-close: no doubt
+            await upstream.done_writing()
+            return
         for _ in range(_CANCEL_NEWS_TURNS):
             await asyncio.sleep(0)
         await asyncio.sleep(_CANCEL_NEWS_SECONDS)  # the handler cancels the pump if gone

@@ -115,6 +115,15 @@ class _Connection(Generic[Frame, PeerFrame]):
         st = self._streams.get(stream_id)
         return st.queued_bytes if st is not None else 0
 
+    def fits_window(self, stream_id: int) -> bool:
+        """Whether the stream's queued message bytes all fit in its send window now:
+        the next ``take_frames`` frames them without waiting for the peer's credit."""
+        st = self._streams.get(stream_id)
+        if st is None:
+            return True
+        queued = st.queued_bytes
+        return st.send_window.allowance(queued) >= queued
+
     def wants_to_send(self) -> bool:
         return bool(self._control) or bool(self._ready)
 

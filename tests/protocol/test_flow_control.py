@@ -414,3 +414,20 @@ def test_wire_checker_catches_a_sender_over_its_window() -> None:
     checker.server_sent(resp(1, payload(50)))
     with pytest.raises(WindowViolation):
         checker.server_sent(more_resp(1, payload(1)))
+
+
+def test_fits_window_says_whether_queued_bytes_go_out_without_credit() -> None:
+    c = ready_client(window=1000)
+    sid, _ = open_on_wire(c)
+    assert c.fits_window(sid)  # nothing queued
+    c.send_message(sid, payload(600))
+    assert c.fits_window(sid)
+    c.send_message(sid, payload(400))
+    assert c.fits_window(sid)  # exactly the window
+    c.send_message(sid, payload(1))
+    assert not c.fits_window(sid)
+    assert sizes(c.take_frames()) == [600, 400]
+    assert not c.fits_window(sid)  # the last byte waits for credit
+    c.receive(s2c_window(sid, 1))
+    assert c.fits_window(sid)
+    assert c.fits_window(sid + 100)  # no such stream: nothing waits
