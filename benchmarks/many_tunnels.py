@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "many_tunnels.json")
     ns = parser.parse_args(argv)
     if ns.fleet:
+        # the fleet stands for N devices, each its own process: its one process holding
+        # all N tunnels tunes its collector as serve does (grpctunnel.collector)
+        from grpctunnel.collector import tune_for_many_tunnels
+
+        tune_for_many_tunnels()
         asyncio.run(_fleet(ns.fleet[0], int(ns.fleet[1])))
         return 0
     results = [

@@ -181,10 +181,13 @@ def main() -> None:
     completing = COMPLETE_VAR in os.environ
     chosen = completed_command(os.environ) if completing else chosen_command(sys.argv[1:])
     if chosen in RELAYING:
-        # they relay messages of megabytes: keep their buffers' pages mapped
+        # they relay messages of megabytes (keep their buffers' pages mapped), and may
+        # hold thousands of tunnels (keep the collector from walking them all often)
         from grpctunnel.allocator import tune_for_large_messages
+        from grpctunnel.collector import tune_for_many_tunnels
 
         tune_for_large_messages()
+        tune_for_many_tunnels()
     app = build_app(chosen)
     if not completing and chosen not in QUICK_EXIT:
         app()
