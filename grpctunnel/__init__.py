@@ -7,8 +7,9 @@ hosts: :meth:`TunnelServiceHandler.as_channel` on the server side. The wire prot
 that of the Go library github.com/jhump/grpctunnel, so Go and Python peers mix freely.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from grpctunnel.lazy import lazy_names
 
 if TYPE_CHECKING:
     from grpctunnel.channel import TunnelChannel
@@ -59,13 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 
 def tunnel_metadata(context: object) -> tuple[tuple[str, str | bytes], ...]:

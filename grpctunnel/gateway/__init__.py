@@ -15,8 +15,9 @@ Built on the tunnel library (``grpctunnel``), never imported by it. Its parts:
 - :mod:`~grpctunnel.gateway.server`: :class:`GatewayServer`, a serving gateway assembled.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from grpctunnel.lazy import lazy_names
 
 if TYPE_CHECKING:
     from grpctunnel.gateway.announce import (
@@ -79,10 +80,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY, globals())

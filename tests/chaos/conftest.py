@@ -4,22 +4,11 @@ of every run, CI's included, not only with -s)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from support.launcher import Launcher
 
 FIGURES = pytest.StashKey[list[str]]()
-
-
-@pytest.fixture
-async def launcher() -> AsyncIterator[Launcher]:
-    processes = Launcher()
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 @pytest.fixture

@@ -512,15 +512,6 @@ async def test_call_receives_large_messages_and_names_its_own_limit(backend: str
     assert bad.returncode == 2 and "--max-msg-mib" in bad.stderr, bad
 
 
-@pytest.fixture
-async def launcher() -> AsyncIterator[Launcher]:
-    processes = Launcher()
-    try:
-        yield processes
-    finally:
-        await processes.close()
-
-
 async def test_relay_limits_name_the_hop_and_its_flag(
     backend: str, launcher: Launcher, tmp_path: Path
 ) -> None:

@@ -10,7 +10,6 @@ real grpc.aio servers without reflection.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -30,15 +29,6 @@ pytestmark = pytest.mark.timeout(90)
 
 ECHO = "grpctunnel.demo.v1.Echo"
 RANGE_FOO = '{"key": "Zm9v"}'
-
-
-@pytest.fixture
-async def launcher() -> AsyncIterator[Launcher]:
-    processes = Launcher()
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def assert_foo(result: Result) -> None:

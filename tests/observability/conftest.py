@@ -4,21 +4,10 @@ and token files."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from security.procs import Launcher
-
-
-@pytest.fixture
-async def launcher() -> AsyncIterator[Launcher]:
-    processes = Launcher()
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 @pytest.fixture

@@ -4,23 +4,12 @@ made for the session, and token files."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .certs import Certs, make_certs
-from .procs import Launcher
-
-
-@pytest.fixture
-async def launcher() -> AsyncIterator[Launcher]:
-    processes = Launcher()
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 @pytest.fixture(scope="session")
