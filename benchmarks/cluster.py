@@ -5,12 +5,13 @@ demo backend and `expose` processes, then measures:
 
 * **convergence**: a tunnel opened on node 3 -> routable on node 1 (the two nodes' log
   lines, same clock, millisecond stamps), over several tunnels;
+* **relay cost**: unary Echo calls made on a node that holds the tunnel and on another
+  node (which relays each call to it over its node-to-node tunnel): calls/s with 16 calls
+  in flight, and the median latency of calls made one at a time; two nodes of their own,
+  without -v (a log line per call, read by this process, would weigh on the timing);
 * **failover**: node 3, holding the tunnel of an `expose --to node3 --to node1`, killed
-  (SIGKILL) -> the first call on node 1 that succeeds again; and -> node 2 dropping node 3
-  from its view (heartbeat expiry);
-* **relay cost**: unary Echo calls made on node 3 (which holds the tunnel) and on node 1
-  (which relays each call to node 3 over its node-to-node tunnel): calls/s with 16 calls
-  in flight, and the median latency of calls made one at a time.
+  (SIGKILL) -> the first call on node 1 pinned to that tunnel that succeeds again; and ->
+  node 2 dropping node 3 from its view (heartbeat expiry).
 
     .venv/bin/python benchmarks/cluster.py [--calls 3000] [--json PATH]
 
@@ -40,6 +41,7 @@ from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
 TOKEN = "benchmark-cluster-token"
+PIN = "grpctunnel-tunnel"  # calls pinned to one tunnel name (grpctunnel.gateway.PIN_HEADER)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 
 
@@ -108,7 +110,9 @@ def stamp(line: str) -> float:
     return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-async def node(redis_url: str, name: str) -> tuple[Proc, str]:
+async def node(redis_url: str, name: str, *, verbose: bool = True) -> tuple[Proc, str]:
+    """`serve --cluster`; with ``verbose``, its -v log (the view's events, but also a line
+    per relayed call, which this process reads: not for timing calls)."""
     proc = await spawn(
         name,
         str(GRPCTUNNEL),
@@ -119,7 +123,7 @@ async def node(redis_url: str, name: str) -> tuple[Proc, str]:
         redis_url,
         "--cluster-token",
         TOKEN,
-        "-v",
+        *(["-v"] if verbose else []),
     )
     line = await proc.wait_for(r"tunnel server listening on (127\.0\.0\.1:\d+)")
     found = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
@@ -149,10 +153,28 @@ async def calls(address: str, count: int, concurrency: int) -> tuple[float, floa
     return count / elapsed, statistics.median(latencies) * 1000
 
 
+async def routed(address: str, pin: str | None = None, timeout: float = 20.0) -> None:
+    """Waits until a call through ``address`` (pinned to tunnel ``pin``, if given)
+    succeeds: its node routes to the tunnel."""
+    metadata = ((PIN, pin),) if pin else None
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        while True:
+            try:
+                await stub.Echo(echo_pb2.EchoRequest(msg="ready"), metadata=metadata, timeout=2)
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)  # the polling cadence, bounded by the deadline
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--tunnels", type=int, default=5, help="tunnels timed for convergence")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the relay cost")
     parser.add_argument("--json", type=Path, default=None)
     ns = parser.parse_args()
     redis_server = shutil.which("redis-server")
@@ -198,23 +220,51 @@ async def main() -> None:
         }
         print(f"convergence (node 3 open -> node 1 routable): {results['convergence_ms']}")
 
-        # relay cost: on the node holding the tunnel vs relayed by another node
-        mark1 = len(n1.lines)
+        # relay cost: on the node holding the tunnel vs relayed by another node, on two
+        # nodes of their own without -v (as deployed: no line per call, which this
+        # process would read while it times the calls), runs alternating, medians
+        (h, ah), (r, ar) = await asyncio.gather(
+            node(url, "holding", verbose=False), node(url, "relaying", verbose=False)
+        )
+        procs += [h, r]
         exposer = await spawn(
-            "expose", str(GRPCTUNNEL), "expose", backend_address, "--to", a3, "--to", a1,
-            "--name", "bench", "--max-backoff", "1",
+            "expose", str(GRPCTUNNEL), "expose", backend_address, "--to", ah, "--name", "bench",
         )  # fmt: skip
         procs.append(exposer)
-        await n1.wait_for(r"routable here: tunnel 'bench'", after=mark1)
+        await routed(ar)
+        runs: dict[str, list[tuple[float, float]]] = {"holding": [], "relaying": []}
+        for _ in range(ns.repeat):
+            for label, address in (("holding", ah), ("relaying", ar)):
+                rate, _ = await calls(address, ns.calls, 16)
+                _, p50 = await calls(address, max(300, ns.calls // 10), 1)
+                runs[label].append((rate, p50))
         relay: dict[str, Any] = {}
-        for label, address in (("holding node (3)", a3), ("relaying node (1)", a1)):
-            rate, _ = await calls(address, ns.calls, 16)
-            _, p50 = await calls(address, max(300, ns.calls // 10), 1)
+        for label, measured in runs.items():
+            rate = statistics.median(m[0] for m in measured)
+            p50 = statistics.median(m[1] for m in measured)
             relay[label] = {"calls_per_s": round(rate), "p50_ms": round(p50, 3)}
-            print(f"{label}: {rate:.0f} calls/s (16 in flight), p50 {p50:.2f} ms (one at a time)")
+            print(
+                f"{label} node: {rate:.0f} calls/s (16 in flight), p50 {p50:.2f} ms "
+                f"(one at a time), medians of {ns.repeat}"
+            )
+        hold, hop = relay["holding"], relay["relaying"]
+        relay["hop_latency_ratio"] = round(hop["p50_ms"] / hold["p50_ms"], 2)
+        relay["hop_throughput_ratio"] = round(hop["calls_per_s"] / hold["calls_per_s"], 2)
+        print(
+            f"the extra hop: p50 x{relay['hop_latency_ratio']} (target <= 1.5), "
+            f"throughput x{relay['hop_throughput_ratio']} (target >= 0.7)"
+        )
         results["relay"] = relay
 
-        # failover: kill node 3; first successful call on node 1; node 2 drops node 3
+        # failover: an exposer given node 3, then node 1; kill node 3; first successful
+        # call on node 1; node 2 drops node 3
+        mover = await spawn(
+            "expose", str(GRPCTUNNEL), "expose", backend_address, "--to", a3, "--to", a1,
+            "--name", "mover", "--max-backoff", "1",
+        )  # fmt: skip
+        procs.append(mover)
+        await mover.wait_for(rf"connected to {re.escape(a3)}")
+        await routed(a1, pin="mover")
         mark2 = len(n2.lines)
         killed = time.monotonic()
         await n3.kill()
@@ -224,7 +274,9 @@ async def main() -> None:
             stub = echo_pb2_grpc.EchoStub(channel)
             for _ in range(2000):  # bounded: 2000 x 10 ms = 20 s at most
                 try:
-                    await stub.Echo(echo_pb2.EchoRequest(msg="again"), timeout=1)
+                    await stub.Echo(
+                        echo_pb2.EchoRequest(msg="again"), metadata=((PIN, "mover"),), timeout=1
+                    )
                     recovered = time.monotonic() - killed
                     break
                 except grpc.aio.AioRpcError:

@@ -682,7 +682,11 @@ def caption_text(
 EXTERNAL: dict[str, tuple[str, dict[str, list[str]]]] = {
     "cluster": (
         "cluster.py",
-        {"default": [], "quick": ["--calls", "1000"], "smoke": ["--calls", "50", "--tunnels", "1"]},
+        {
+            "default": [],
+            "quick": ["--calls", "1000", "--repeat", "1"],
+            "smoke": ["--calls", "50", "--tunnels", "1", "--repeat", "1"],
+        },
     ),
     "many_tunnels": (
         "many_tunnels.py",
