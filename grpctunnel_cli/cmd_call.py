@@ -54,6 +54,7 @@ class DataFormat(str, enum.Enum):
     json = "json"
     text = "text"
 
+
 LOAD = "Load mode"
 
 
@@ -186,7 +187,9 @@ def call(
                 )
             elif is_interactive(data):
                 renderer.info(hint(resolved))
-                requests = typed_requests(resolved, source.pool, renderer.error)
+                requests = typed_requests(
+                    resolved, source.pool, renderer.error, allow_unknown=allow_unknown_fields
+                )
             else:
                 requests = request_messages(
                     json_values(data),

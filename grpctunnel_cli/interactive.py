@@ -56,6 +56,7 @@ async def typed_requests(
     report: Callable[[str], None],
     *,
     stdin: TextIO | None = None,
+    allow_unknown: bool = False,
 ) -> AsyncIterator[Message]:
     """Request messages as they are typed; bad ones reported with `report` and skipped."""
     splitter = JsonValueSplitter("stdin")
@@ -67,7 +68,13 @@ async def typed_requests(
         for value in values:
             try:
                 messages.append(
-                    parse_message(value, method.input_type, pool=pool, where=f"request {sent + 1}")
+                    parse_message(
+                        value,
+                        method.input_type,
+                        pool=pool,
+                        where=f"request {sent + 1}",
+                        allow_unknown=allow_unknown,
+                    )
                 )
             except InputError as error:
                 report(f"{error.message} {NOT_SENT}")

@@ -59,8 +59,9 @@ class Terminal:
 
 
 @asynccontextmanager
-async def terminal_call(backend: str, method: str) -> AsyncIterator[Terminal]:
-    """`grpctunnel call METHOD @-` with a terminal as stdin and stdout, stderr piped."""
+async def terminal_call(backend: str, method: str, *extra: str) -> AsyncIterator[Terminal]:
+    """`grpctunnel call METHOD @- EXTRA...` with a terminal as stdin and stdout, stderr
+    piped."""
     controller, child = pty.openpty()
     process = await asyncio.create_subprocess_exec(
         str(GRPCTUNNEL),
@@ -69,6 +70,7 @@ async def terminal_call(backend: str, method: str) -> AsyncIterator[Terminal]:
         backend,
         method,
         "@-",
+        *extra,
         stdin=child,
         stdout=child,
         stderr=asyncio.subprocess.PIPE,
@@ -163,3 +165,13 @@ async def test_a_unary_request_typed_at_a_terminal_is_sent_by_ctrl_d(backend: st
     assert code == 0, stderr
     assert stderr.startswith("Reading the request for /grpctunnel.demo.v1.Echo/Echo")
     assert "Ctrl-D sends it" in stderr
+
+
+async def test_unknown_fields_typed_are_ignored_when_allowed(backend: str) -> None:
+    async with terminal_call(backend, "Echo/Chat", "--allow-unknown-fields") as chat:
+        chat.type(b'{"msg": "kept", "nope": 1}\n')
+        await chat.shows(r'"msg": "kept"')
+        chat.type(CTRL_D)
+        code, stderr = await _ended(chat)
+    assert code == 0, stderr
+    assert "ERROR" not in stderr, stderr
