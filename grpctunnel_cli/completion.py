@@ -1,4 +1,5 @@
-"""Completing METHOD (call) and SYMBOL (describe) in the shell, by asking the server.
+"""Completing METHOD (call) and SYMBOL (describe) in the shell, from the schema files on
+the line (--proto, --protoset) or by asking the server.
 
 The shell's completion runs the command with the line typed so far; Typer parses what it
 can of it and calls `complete_method` or `complete_symbol` with the parameters parsed, so
@@ -38,11 +39,17 @@ def _group(kind: type[Any], params: dict[str, Any], prefix: str, **fixed: Any) -
 def _ask(
     ctx: typer.Context, question: Callable[[DescriptorSource], Awaitable[list[str]]]
 ) -> list[str]:
-    """What `question` answers on the server the parsed line names; [] on any failure."""
+    """What `question` answers from the schema files on the parsed line (--proto,
+    --protoset), else from the server it names; [] on any failure."""
     from grpctunnel_cli.client import connect
-    from grpctunnel_cli.options import ConnectionOptions, SecurityOptions
+    from grpctunnel_cli.options import ConnectionOptions, SchemaOptions, SecurityOptions
+    from grpctunnel_cli.schema import file_source
 
     async def asking() -> list[str]:
+        if any(key.startswith("schema__") for key in ctx.params):
+            files = await file_source(_group(SchemaOptions, ctx.params, "schema"))
+            if files is not None:
+                return await question(files)
         connection = _group(
             ConnectionOptions, ctx.params, "connection", timeout=TIMEOUT, connect_timeout=TIMEOUT
         )

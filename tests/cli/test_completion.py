@@ -183,3 +183,12 @@ def _installed(home: Path) -> tuple[list[str], str]:
     """The completion scripts installed under `home`, and its .bashrc."""
     scripts = [path.read_text() for path in home.rglob("grpctunnel*") if path.is_file()]
     return scripts, (home / ".bashrc").read_text()
+
+
+async def test_methods_complete_from_proto_files_on_the_line(unused_port: int) -> None:
+    """With --proto on the line, the names come from the file: no server is asked."""
+    protos = Path(__file__).parent.parent / "protos"
+    line = f"grpctunnel call -s 127.0.0.1:{unused_port} -I {protos} --proto kv/v1/kv.proto "
+    methods = offered(await bash(line))
+    assert "kvtest.v1.KV/Range" in methods, methods
+    assert offered(await bash(line + "KV/R")) == ["KV/Range"]
