@@ -762,6 +762,10 @@ class TunnelServicerContext(grpc.aio.ServicerContext):  # type: ignore[type-arg]
         self._callbacks: list[Callable[[Any], None]] = []
 
     # the tunnel this call came through
+    def tunnel_session(self) -> ServingSession:
+        """The session of the tunnel this call came through."""
+        return self._call.session
+
     def tunnel_metadata(self) -> md.MetadataPairs:
         """The metadata the tunnel RPC itself was opened with (e.g. its credentials)."""
         return self._call.session.tunnel_metadata

@@ -42,8 +42,9 @@ _DIRECTIONS = {
 @dataclass(eq=False)
 class TunnelEntry:
     """One open tunnel as the admin service shows it. ``stats`` counts the calls relayed
-    into it (reverse tunnels); ``active`` says how many calls are on it now when there
-    is no ``stats`` (forward tunnels); ``draining`` is set while it is being closed.
+    into it (reverse tunnels) or that came in through it and were relayed (forward
+    tunnels); ``active``, when given, says how many calls are on it now, relayed or not
+    (forward tunnels); ``draining`` is set while it is being closed.
     ``node`` is the cluster node that holds it (None: this one)."""
 
     direction: str
@@ -62,7 +63,7 @@ class TunnelEntry:
         opened.FromNanoseconds(int(self.opened_at * 1e9))
         stats = self.stats
         in_flight = stats.in_flight if stats is not None else 0
-        if stats is None and self.active is not None:
+        if self.active is not None:  # every call on it, relayed or not
             in_flight = self.active()
         return admin_pb2.Tunnel(
             id=self.id,

@@ -189,6 +189,8 @@ class Gateway:
             drop_headers=frozenset({PIN_HEADER}),
             tap=self._call_ended,
         )
+        self._forward_stats: dict[object, RelayStats | None] = {}  # by serving session
+        self.proxy.caller_stats = self._caller_stats
         if metrics is not None:
             metrics.bind(self.proxy.totals)
         self._reflection = MergedReflection(self)
@@ -358,11 +360,29 @@ class Gateway:
         if self.metrics is not None and method in (OPEN_TUNNEL, OPEN_REVERSE_TUNNEL):
             self.metrics.tunnel_refused(refusal[0])
 
+    def _caller_stats(self, context: Any) -> RelayStats | None:
+        """The counters of the forward tunnel a relayed call came in through (None for a
+        call that came in as a plain gRPC call)."""
+        session_of = getattr(context, "tunnel_session", None)
+        if session_of is None:
+            return None
+        session = session_of()
+        if session not in self._forward_stats:  # the first call of this tunnel: find it
+            found = None
+            for record in self.handler.open_tunnels():
+                if record.session is session and record.kind == "forward":
+                    found = record.labels.get("stats")
+                    break
+            self._forward_stats[session] = found if isinstance(found, RelayStats) else None
+        return self._forward_stats[session]
+
     def _forward_opened(self, record: TunnelRecord) -> None:
         def active() -> int:
             return record.session.active_calls if record.session is not None else 0
 
-        entry = TunnelEntry("forward", "", (), record.peer, active=active)
+        stats = RelayStats()  # the calls that came in through it and were relayed
+        record.labels["stats"] = stats
+        entry = TunnelEntry("forward", "", (), record.peer, stats=stats, active=active)
         self.admin.opened(entry)
         if self.metrics is not None:
             self.metrics.tunnel_opened("forward")
@@ -372,6 +392,8 @@ class Gateway:
             if not reason and record.pending_close is not None:
                 reason = record.pending_close[1]
             self.admin.closed(entry, reason or "tunnel closed")
+            if record.session is not None:
+                self._forward_stats.pop(record.session, None)
             if self.metrics is not None:
                 self.metrics.tunnel_closed("forward", reason or "tunnel closed")
 

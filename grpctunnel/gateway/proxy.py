@@ -12,6 +12,7 @@ a bidirectional stream, which is what each of them is on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,11 @@ class Route:
 
 
 # how grpc (and the tunnel protocol) word a message over a receiving limit
+# the counters of the tunnel the call being relayed came in through (see caller_stats)
+_CALLER: contextvars.ContextVar[RelayStats | None] = contextvars.ContextVar(
+    "grpctunnel_caller_stats", default=None
+)
+
 RouteFn = Callable[[str, md.MetadataPairs], Route | RouteError | None]
 CallObserver = Callable[[str, grpc.StatusCode, float], None]
 # told of every call the handler answered: the method, the route it was relayed along
@@ -107,6 +113,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
     ``kinds``, methods known to take one request are relayed as unary calls (far
     cheaper in grpc.aio than the bidirectional stream that fits every kind, which is
     used otherwise). ``totals`` counts every relayed call (see :class:`RelayStats`).
+    ``caller_stats``, when set, gives for a call's servicer context the counters of the
+    tunnel the call came in through (a forward tunnel), which count it too.
     """
 
     def __init__(
@@ -126,6 +134,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         self.limit: MessageLimit | None = None  # this hop's, to name it when over
         self.in_flight = 0
         self.totals = RelayStats()
+        self.caller_stats: Callable[[Any], RelayStats | None] | None = None
         self._idle: asyncio.Event | None = None
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -182,9 +191,15 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     @contextmanager
     def _accounted(self, method: str, route: Route, context: Any) -> Iterator[None]:
-        """Counts one relayed call in flight while the block runs, then tells the
-        observer how it ended."""
+        """Counts one relayed call in flight while the block runs (for the tunnel it
+        came in through too, see ``caller_stats``), then tells the observer how it
+        ended."""
         started = self._begin(route)
+        caller = self.caller_stats(context) if self.caller_stats is not None else None
+        token = None
+        if caller is not None:
+            caller.in_flight += 1
+            token = _CALLER.set(caller)
         error: BaseException | None = None
         try:
             yield
@@ -192,19 +207,32 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             error = e
             raise
         finally:
-            self._end(method, route, self._final_code(context, error), started)
+            code = self._final_code(context, error)
+            if caller is not None and token is not None:
+                _CALLER.reset(token)
+                caller.in_flight -= 1
+                caller.done += 1
+                if code != grpc.StatusCode.OK:
+                    caller.failed += 1
+            self._end(method, route, code, started)
 
     def _sent(self, route: Route, size: int) -> None:
         """A request message of ``size`` bytes was relayed along ``route``."""
         self.totals.request_bytes += size
         if route.stats is not None:
             route.stats.request_bytes += size
+        caller = _CALLER.get()
+        if caller is not None:
+            caller.request_bytes += size
 
     def _received(self, route: Route, size: int) -> None:
         """A response message of ``size`` bytes was relayed back from ``route``."""
         self.totals.response_bytes += size
         if route.stats is not None:
             route.stats.response_bytes += size
+        caller = _CALLER.get()
+        if caller is not None:
+            caller.response_bytes += size
 
     async def _counted(self, route: Route, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for message in requests:

@@ -11,8 +11,10 @@ import grpc
 import pytest
 from security.procs import Launcher, no_traceback, run_cli
 
+from grpctunnel import PendingChannel, TunnelServiceStub
 from grpctunnel.admin.v1 import admin_pb2
 from grpctunnel.gateway.auth import bearer_metadata
+from grpctunnel_demo.v1 import echo_pb2_grpc
 
 from .stack import ECHO, admin_stub, echo_request, echo_stub
 
@@ -177,4 +179,29 @@ async def test_tunnels_close_drains_and_closes_a_name(launcher: Launcher) -> Non
     missing = await run_cli("tunnels", "-s", server[1], "--close", "no-such")
     assert missing.returncode == 64 + 5, missing  # NOT_FOUND
     assert missing.stderr == "ERROR: NOT_FOUND: no reverse tunnel named 'no-such' is open\n"
+    no_traceback(*launcher.procs)
+
+
+async def test_a_forward_tunnel_lists_the_calls_that_came_through_it(launcher: Launcher) -> None:
+    backend = await launcher.backend()
+    server = await launcher.server()
+    await launcher.exposer(backend, server, "behind")
+    async with grpc.aio.insecure_channel(server[1]) as raw:
+        tunnel = await PendingChannel(TunnelServiceStub(raw)).start(timeout=10)
+        try:
+            stub = echo_pb2_grpc.EchoStub(tunnel)
+            for _ in range(3):
+                await stub.Echo(echo_request("through"), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(echo_request("error:INTERNAL:no"), timeout=10)
+
+            result = await run_cli("tunnels", "-s", server[1], "--json")
+            listed = {t["direction"]: t for t in _lines(result.stdout)}
+            forward, reverse = listed["forward"], listed["reverse"]
+            assert (forward["calls_done"], forward["errors"]) == (4, 1), forward
+            assert forward["request_bytes"] == reverse["request_bytes"] > 0
+            assert forward["response_bytes"] == reverse["response_bytes"] > 0
+            assert forward["calls_in_flight"] == 0
+        finally:
+            await tunnel.close()
     no_traceback(*launcher.procs)
