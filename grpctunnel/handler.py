@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -225,7 +225,7 @@ class TunnelServiceHandler(ServiceRegistrar):
         accepted one is recorded at once (no await in between), so that the hook of
         the next tunnel to open sees it."""
         if self._shutting_down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+            await self._refuse(context, kind, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         accept, admit = self.options.accept_tunnel, self.options.admit_tunnel
         refusal = accept(kind, opening.metadata, opening.peer) if accept is not None else None
         record = TunnelRecord(kind, opening.metadata, opening.peer)
@@ -243,9 +243,22 @@ class TunnelServiceHandler(ServiceRegistrar):
                 code.name,
                 details,
             )
-            await context.abort(code, details)
+            await self._refuse(context, kind, code, details)
         self._records.add(record)
         return record
+
+    async def _refuse(
+        self, context: TunnelContext, kind: str, code: grpc.StatusCode, details: str
+    ) -> NoReturn:
+        """Ends a tunnel RPC that is refused, after telling ``on_tunnel_refused``."""
+        hook = self.options.on_tunnel_refused
+        if hook is not None:
+            try:
+                hook(kind, code, details)
+            except Exception:
+                log.exception("on_tunnel_refused failed")
+        await context.abort(code, details)
+        raise AssertionError("abort returned")  # grpc.aio's abort always raises
 
     async def _start_session(
         self,
@@ -292,8 +305,11 @@ class TunnelServiceHandler(ServiceRegistrar):
 
     async def _serve_reverse(self, context: ReverseContext) -> None:
         if self.options.no_reverse_tunnels:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, "this server does not accept reverse tunnels"
+            await self._refuse(
+                context,
+                "reverse",
+                grpc.StatusCode.UNIMPLEMENTED,
+                "this server does not accept reverse tunnels",
             )
         opening = self._opening(context)
         record = await self._admit(context, "reverse", opening)

@@ -121,8 +121,10 @@ class TunnelServiceHandlerOptions(TunnelOptions):
     (``record.add_end_callback``), whether it ever became usable or not.
     ``grpctunnel.gateway.auth.require_tokens(options, authority)`` sets both to check bearer
     tokens, and ``grpctunnel.gateway.Gateway(authority=...)`` does that and more (tunnel
-    names, tunnels per credential). ``max_concurrent_streams`` is the usual guard
-    against a peer that opens streams without end.
+    names, tunnels per credential). ``on_tunnel_refused(kind, code, details)`` is told
+    of every tunnel the handler refuses, whoever refused it (the hooks above, a shutdown
+    under way, ``no_reverse_tunnels``): the place to count refusals. ``max_concurrent_streams``
+    is the usual guard against a peer that opens streams without end.
     """
 
     no_reverse_tunnels: bool = False
@@ -131,6 +133,7 @@ class TunnelServiceHandlerOptions(TunnelOptions):
     ) = None
     authorize_call: Callable[[MetadataPairs, str], tuple[grpc.StatusCode, str] | None] | None = None
     admit_tunnel: Callable[[TunnelRecord], tuple[grpc.StatusCode, str] | None] | None = None
+    on_tunnel_refused: Callable[[str, grpc.StatusCode, str], None] | None = None
     on_reverse_tunnel_open: Callable[[ReverseTunnel], Any] | None = None
     on_reverse_tunnel_close: Callable[[ReverseTunnel], Any] | None = None
     affinity_key: Callable[[ReverseTunnel], Hashable] | None = None

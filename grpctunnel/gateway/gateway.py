@@ -171,6 +171,7 @@ class Gateway:
             on_reverse_tunnel_close=self._closed,
             affinity_key=tunnel_name,
             admit_tunnel=self._admission(first_refusal(given.admit_tunnel, self._admit)),
+            on_tunnel_refused=self._tunnel_refused(given.on_tunnel_refused),
             authorize_call=(
                 first_refusal(given.authorize_call, self._authorize_call)
                 if authority is not None
@@ -341,19 +342,29 @@ class Gateway:
     def _admission(
         self, admit: Callable[[TunnelRecord], Refusal | None]
     ) -> Callable[[TunnelRecord], Refusal | None]:
-        """``admit``, observed: refusals are counted, forward tunnels listed while open
+        """``admit``, observed: forward tunnels are listed while open
         (a reverse tunnel is, once it is up: see :meth:`_opened`)."""
 
         def admission(record: TunnelRecord) -> Refusal | None:
             refusal = admit(record)
-            if refusal is not None:
-                if self.metrics is not None:
-                    self.metrics.tunnel_refused(refusal[0])
-            elif record.kind == "forward":
+            if refusal is None and record.kind == "forward":
                 self._forward_opened(record)
             return refusal
 
         return admission
+
+    def _tunnel_refused(
+        self, given: Callable[[str, grpc.StatusCode, str], None] | None
+    ) -> Callable[[str, grpc.StatusCode, str], None]:
+        """Counts each tunnel the handler refuses (then tells ``given``, if any)."""
+
+        def refused(kind: str, code: grpc.StatusCode, details: str) -> None:
+            if self.metrics is not None:
+                self.metrics.tunnel_refused(code)
+            if given is not None:
+                given(kind, code, details)
+
+        return refused
 
     def _refused_call(self, method: str, refusal: Refusal) -> None:
         """The interceptor refused a call: a tunnel refused for its token, if it was one."""

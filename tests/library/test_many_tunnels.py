@@ -301,3 +301,48 @@ async def test_no_reverse_tunnels_refuses(stack: contextlib.AsyncExitStack) -> N
     channel = await PendingChannel(backend.dial()).start()
     stack.push_async_callback(channel.close)
     assert await echo(channel) == "ping"
+
+
+async def test_every_refusal_is_told_to_on_tunnel_refused(
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    """Whoever refuses a tunnel (accept_tunnel, admit_tunnel, no_reverse_tunnels, a
+    shutdown under way), `on_tunnel_refused` hears of it, with the status sent."""
+    refused: list[tuple[str, grpc.StatusCode, str]] = []
+
+    def accept(kind: str, metadata: Any, peer: str) -> tuple[grpc.StatusCode, str] | None:
+        names = [v for k, v in metadata if k == "name"]
+        return (grpc.StatusCode.PERMISSION_DENIED, "not you") if names == ["bad"] else None
+
+    def admit(record: Any) -> tuple[grpc.StatusCode, str] | None:
+        names = [v for k, v in record.metadata if k == "name"]
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED, "full") if names == ["full"] else None
+
+    backend = await _backend(
+        stack,
+        no_reverse_tunnels=True,
+        accept_tunnel=accept,
+        admit_tunnel=admit,
+        on_tunnel_refused=lambda kind, code, details: refused.append((kind, code, details)),
+    )
+    for name, code in (
+        ("bad", grpc.StatusCode.PERMISSION_DENIED),
+        ("full", grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ):
+        options = TunnelClientOptions(metadata=(("name", name),))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await PendingChannel(backend.dial(), options).start()
+        assert info.value.code() == code
+    rts, _ = await _reverse_client(stack, backend, "reverse")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await rts.serve()
+    backend.handler.initiate_shutdown()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await PendingChannel(backend.dial()).start()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused == [
+        ("forward", grpc.StatusCode.PERMISSION_DENIED, "not you"),
+        ("forward", grpc.StatusCode.RESOURCE_EXHAUSTED, "full"),
+        ("reverse", grpc.StatusCode.UNIMPLEMENTED, "this server does not accept reverse tunnels"),
+        ("forward", grpc.StatusCode.UNAVAILABLE, "tunnel server shutting down"),
+    ]
