@@ -26,6 +26,7 @@ from grpctunnel_cli.logs import set_log_fields, setup_logging
 from grpctunnel_cli.options import (
     LIMITS,
     LISTENING,
+    OBSERVING,
     SECURITY,
     HostOption,
     LogFormat,
@@ -129,6 +130,15 @@ def serve(
             rich_help_panel=SECURITY,
         ),
     ] = DEFAULT_SERVICE_GRACE,
+    no_backend_health: Annotated[
+        bool,
+        switch(
+            "--no-backend-health",
+            help="Do not follow each backend's own health service (one Watch per service "
+            "of each tunnel): a service is SERVING while a tunnel exposes it.",
+            panel=OBSERVING,
+        ),
+    ] = False,
     *,
     relay: RelayOptions,
     max_streams: Annotated[
@@ -272,6 +282,7 @@ def serve(
                 metrics_port=metrics.port,
                 metrics_host=metrics.host,
                 service_grace=service_grace,
+                backend_health=not no_backend_health,
                 cluster=joined,
             )
         )

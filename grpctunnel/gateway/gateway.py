@@ -146,7 +146,10 @@ class Gateway:
     exposing it closed. ``metrics``, if given, is told as tunnels open, close or are
     refused and as calls end (see :mod:`grpctunnel.gateway.metrics`). The admin
     service (:attr:`admin`) lists the tunnels under the name :attr:`admin.node <
-    grpctunnel.gateway.admin.AdminService.node>` (the host's, unless set).
+    grpctunnel.gateway.admin.AdminService.node>` (the host's, unless set). With
+    ``backend_health`` (the default), the health service follows each backend's own
+    health (one Watch per announced service of each tunnel); without it, a service is
+    SERVING while a live tunnel exposes it, and tunnels cost no health streams.
     """
 
     def __init__(
@@ -159,8 +162,10 @@ class Gateway:
         on_tunnel_close: Callable[[ReverseTunnel], Any] | None = None,
         service_grace: float = DEFAULT_SERVICE_GRACE,
         metrics: GatewayMetrics | None = None,
+        backend_health: bool = True,
     ) -> None:
         given = options or TunnelServiceHandlerOptions()
+        self.backend_health = backend_health
         self.authority = authority
         self.metrics = metrics
         self._on_open = _both(given.on_reverse_tunnel_open, on_tunnel_open)
@@ -448,7 +453,7 @@ class Gateway:
             kinds = MethodKinds(lambda service: tunnel.channel)
             route = Route(tunnel.channel, None, kinds, stats=stats, tunnel=name)
             exposed = ExposedTunnel(tunnel, name, kinds, route, entry)
-            if claim.services:
+            if claim.services and self.backend_health:
                 exposed.health = BackendHealth(tunnel.channel, claim.services, self.health.changed)
                 exposed.health.start()
             self.directory.publish(claim, exposed)

@@ -60,6 +60,8 @@ class GatewaySettings:
     ``establishment_timeout`` is how long a reverse tunnel may take to send its settings
     (see ``TunnelOptions``); a forward tunnel whose serving side here was frozen longer
     than ``keepalive_timeout`` is dropped without starting the calls queued on it.
+    ``backend_health`` False keeps the health service from watching each backend's own
+    (see :class:`~grpctunnel.gateway.Gateway`).
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +76,7 @@ class GatewaySettings:
     observer: CallObserver | None = None
     service_grace: float = DEFAULT_SERVICE_GRACE
     establishment_timeout: float | None = DEFAULT_ESTABLISHMENT_TIMEOUT
+    backend_health: bool = True
     extra_server_options: list[tuple[str, int | str]] = field(default_factory=list)
     # Prometheus metrics at http://metrics_host:metrics_port/metrics (port 0: a free one;
     # None: none), from a registry of this server's own (see grpctunnel.gateway.metrics)
@@ -115,6 +118,7 @@ class GatewayServer:
             authority=settings.authority,
             observer=settings.observer,
             service_grace=settings.service_grace,
+            backend_health=settings.backend_health,
             metrics=self.metrics,
         )
         self.server = grpc.aio.server(
