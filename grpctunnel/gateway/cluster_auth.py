@@ -32,6 +32,7 @@ from grpctunnel import metadata as md
 from grpctunnel.gateway.auth import (
     OPEN_TUNNEL,
     AuthInterceptor,
+    Refusal,
     TokenAuthority,
     refusing_handler,
 )
@@ -125,8 +126,13 @@ class NodeOrTokenInterceptor(AuthInterceptor):
     is judged by its token as by :class:`~grpctunnel.gateway.auth.AuthInterceptor`. A
     tunnel that carries the header with an invalid proof is refused here."""
 
-    def __init__(self, authority: TokenAuthority, node_auth: NodeAuth) -> None:
-        super().__init__(authority)
+    def __init__(
+        self,
+        authority: TokenAuthority,
+        node_auth: NodeAuth,
+        on_refusal: Callable[[str, Refusal], None] | None = None,
+    ) -> None:
+        super().__init__(authority, on_refusal)
         self._node_auth = node_auth
 
     async def intercept_service(

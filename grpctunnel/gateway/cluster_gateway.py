@@ -79,7 +79,9 @@ class ClusterGateway(Gateway):
         if self.authority is None:
             return []
         assert self.node_auth is not None
-        return [NodeOrTokenInterceptor(self.authority, self.node_auth)]
+        return [
+            NodeOrTokenInterceptor(self.authority, self.node_auth, on_refusal=self._refused_call)
+        ]
 
     def _register(self, target: Any, direct: bool = False) -> None:
         if not isinstance(self._reflection, _HopAwareReflection):

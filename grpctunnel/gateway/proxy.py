@@ -182,11 +182,16 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     # -- accounting -------------------------------------------------------------------
 
+    def _counters(self, route: Route) -> tuple[RelayStats | None, ...]:
+        """What a call along ``route`` counts in: the totals, the route's, and those of
+        the tunnel the call came in through (see ``caller_stats``)."""
+        return (self.totals, route.stats, _CALLER.get())
+
     def _begin(self, route: Route) -> float:
         self.in_flight += 1
-        self.totals.in_flight += 1
-        if route.stats is not None:
-            route.stats.in_flight += 1
+        for stats in self._counters(route):
+            if stats is not None:
+                stats.in_flight += 1
         return asyncio.get_running_loop().time()
 
     @contextmanager
@@ -194,12 +199,9 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
         """Counts one relayed call in flight while the block runs (for the tunnel it
         came in through too, see ``caller_stats``), then tells the observer how it
         ended."""
-        started = self._begin(route)
         caller = self.caller_stats(context) if self.caller_stats is not None else None
-        token = None
-        if caller is not None:
-            caller.in_flight += 1
-            token = _CALLER.set(caller)
+        token = _CALLER.set(caller) if caller is not None else None
+        started = self._begin(route)
         error: BaseException | None = None
         try:
             yield
@@ -207,32 +209,21 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
             error = e
             raise
         finally:
-            code = self._final_code(context, error)
-            if caller is not None and token is not None:
+            self._end(method, route, self._final_code(context, error), started)
+            if token is not None:
                 _CALLER.reset(token)
-                caller.in_flight -= 1
-                caller.done += 1
-                if code != grpc.StatusCode.OK:
-                    caller.failed += 1
-            self._end(method, route, code, started)
 
     def _sent(self, route: Route, size: int) -> None:
         """A request message of ``size`` bytes was relayed along ``route``."""
-        self.totals.request_bytes += size
-        if route.stats is not None:
-            route.stats.request_bytes += size
-        caller = _CALLER.get()
-        if caller is not None:
-            caller.request_bytes += size
+        for stats in self._counters(route):
+            if stats is not None:
+                stats.request_bytes += size
 
     def _received(self, route: Route, size: int) -> None:
         """A response message of ``size`` bytes was relayed back from ``route``."""
-        self.totals.response_bytes += size
-        if route.stats is not None:
-            route.stats.response_bytes += size
-        caller = _CALLER.get()
-        if caller is not None:
-            caller.response_bytes += size
+        for stats in self._counters(route):
+            if stats is not None:
+                stats.response_bytes += size
 
     async def _counted(self, route: Route, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for message in requests:
@@ -257,7 +248,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc,type-arg]
 
     def _end(self, method: str, route: Route, code: grpc.StatusCode, started: float) -> None:
         self.in_flight -= 1
-        for stats in (self.totals, route.stats):
+        for stats in self._counters(route):
             if stats is not None:
                 stats.in_flight -= 1
                 stats.done += 1

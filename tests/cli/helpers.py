@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_reflection.v1alpha import reflection
+from support.launcher import Result
 from support.processes import clean_env
 
 from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
@@ -19,17 +19,6 @@ from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 GRPCTUNNEL = Path(sys.executable).parent / "grpctunnel"
 CLI_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.stdout.splitlines()
 
 
 def cli_env(server: str | None = None, **extra: str) -> dict[str, str]:
@@ -69,15 +58,6 @@ async def run_cli(
         raise AssertionError(f"grpctunnel {' '.join(args)} did not finish in {timeout}s") from None
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
-
-
-def assert_clean_failure(result: Result, code: int, *fragments: str) -> None:
-    """A failure with the given exit code, a message containing the fragments, no traceback."""
-    assert result.returncode == code, result
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("ERROR: "), result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 # --- test-only servers ----------------------------------------------------------------------

@@ -21,14 +21,14 @@ import grpc
 import pytest
 from rich.console import Console
 from security.certs import Certs, make_certs
-from support.launcher import Launcher
+from support.launcher import Launcher, assert_failure
 
 from grpctunnel.gateway.exposer import ExposeConfig, ExposeStats
 from grpctunnel_cli.cmd_expose import _status_table
 from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
-from .helpers import Result, assert_clean_failure, run_cli
+from .helpers import Result, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -197,7 +197,7 @@ async def test_servername_is_the_name_the_certificate_must_hold(
     )
     assert (good.returncode, good.stdout, good.stderr) == (0, '{"msg":"x"}\n', ""), good
     wrong = await run_cli("list", "-s", tls_backend, *ca, "--servername", "wrong.example")
-    assert_clean_failure(
+    assert_failure(
         wrong,
         1,
         f"cannot connect to {tls_backend}: the server's certificate does not hold the name "
@@ -213,7 +213,7 @@ async def test_authority_is_sent_and_verified(tls_backend: str, backend: str, ce
     good = await run_cli("call", "-s", tls_backend, "Echo/Echo", *ca, "--authority", "localhost")
     assert (good.returncode, good.stdout) == (0, "{}\n"), good
     wrong = await run_cli("list", "-s", tls_backend, *ca, "--authority", "wrong.example")
-    assert_clean_failure(wrong, 1, "does not hold the name 'wrong.example'")
+    assert_failure(wrong, 1, "does not hold the name 'wrong.example'")
     both = await run_cli(
         "list", "-s", tls_backend, *ca, "--authority", "wrong.example", "--servername", "localhost"
     )
@@ -228,7 +228,7 @@ async def test_insecure_trusts_any_certificate_and_says_so(
     tls_backend: str, backend: str, certs: Certs
 ) -> None:
     untrusted = await run_cli("list", "-s", tls_backend, "--tls")
-    assert_clean_failure(untrusted, 1, "the server's TLS certificate is not trusted")
+    assert_failure(untrusted, 1, "the server's TLS certificate is not trusted")
     listed = await run_cli("list", "-s", tls_backend, "--insecure")
     assert listed.returncode == 0, listed
     assert "grpctunnel.demo.v1.Echo" in listed.lines
@@ -265,7 +265,7 @@ async def test_server_schemes(backend: str, tls_backend: str, certs: Certs) -> N
     secure = await run_cli("list", "-s", f"https://{tls_backend}", "--ca-cert", str(certs.ca))
     assert secure.returncode == 0 and "grpctunnel.demo.v1.Echo" in secure.lines, secure
     implied = await run_cli("list", "-s", f"grpcs://{backend}")
-    assert_clean_failure(implied, 1, "the server does not speak TLS")
+    assert_failure(implied, 1, "the server does not speak TLS")
     unknown = await run_cli("list", "-s", f"ftp://{backend}")
     _one_error(
         unknown,
@@ -295,7 +295,7 @@ async def test_unix_socket() -> None:
         missing = await run_cli(
             "list", "-s", f"unix://{folder}/missing.sock", "--connect-timeout", "2"
         )
-        assert_clean_failure(missing, 1, f"cannot connect to unix://{folder}/missing.sock")
+        assert_failure(missing, 1, f"cannot connect to unix://{folder}/missing.sock")
     finally:
         await server.stop(None)
         shutil.rmtree(folder, ignore_errors=True)
@@ -375,7 +375,7 @@ async def test_angle_brackets_for_the_outer_braces(backend: str) -> None:
     )
     assert (nested.returncode, nested.stdout) == (0, '{"msg":"a<b> c d"}\n'), nested
     unclosed = await run_cli("call", "-s", backend, "Echo/Echo", '<"msg":"hi"')
-    assert_clean_failure(unclosed, 1, "invalid JSON in request data at line 1")
+    assert_failure(unclosed, 1, "invalid JSON in request data at line 1")
 
 
 async def test_allow_unknown_fields(backend: str) -> None:

@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from support.launcher import assert_failure
 
-from .helpers import GRPCTUNNEL, assert_clean_failure, cli_env, run_cli
+from .helpers import GRPCTUNNEL, cli_env, run_cli
 
 COMPACT_LINE = re.compile(r"^\{\S*\}$")  # one JSON object, no whitespace outside strings
 
@@ -130,7 +131,7 @@ async def test_method_name_forms(backend: str, method: str) -> None:
 
 async def test_ambiguous_short_name(two_echo_backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", '{"msg":"x"}', server=two_echo_backend)
-    assert_clean_failure(
+    assert_failure(
         result, 1, "ambiguous service 'Echo'", "grpctunnel.demo.v1.Echo", "other.v1.Echo"
     )
     assert result.stdout == ""
@@ -140,7 +141,7 @@ async def test_ambiguous_short_name(two_echo_backend: str) -> None:
 
 async def test_ambiguous_symbol_in_describe(backend: str) -> None:
     result = await run_cli("describe", "ServerReflection", server=backend)
-    assert_clean_failure(
+    assert_failure(
         result,
         1,
         "ambiguous",
@@ -151,11 +152,11 @@ async def test_ambiguous_symbol_in_describe(backend: str) -> None:
 
 async def test_unknown_service_and_method(backend: str) -> None:
     result = await run_cli("call", "Nope/Echo", server=backend)
-    assert_clean_failure(result, 1, "unknown service 'Nope'", "grpctunnel.demo.v1.Echo")
+    assert_failure(result, 1, "unknown service 'Nope'", "grpctunnel.demo.v1.Echo")
     result = await run_cli("call", "Echo/Nope", server=backend)
-    assert_clean_failure(result, 1, "no method 'Nope'", "Expand", "Chat")
+    assert_failure(result, 1, "no method 'Nope'", "Expand", "Chat")
     result = await run_cli("call", "Echo", server=backend)
-    assert_clean_failure(result, 1, "is a service", "grpctunnel.demo.v1.Echo/Echo")
+    assert_failure(result, 1, "is a service", "grpctunnel.demo.v1.Echo/Echo")
 
 
 async def test_list(backend: str) -> None:
@@ -185,7 +186,7 @@ async def test_list_with_v1alpha_only(v1alpha_backend: str) -> None:
 
 async def test_without_reflection(no_reflection_backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", server=no_reflection_backend)
-    assert_clean_failure(result, 1, "does not offer reflection")
+    assert_failure(result, 1, "does not offer reflection")
 
 
 async def test_describe(backend: str) -> None:
@@ -274,7 +275,7 @@ async def test_trailers_of_a_streaming_call(backend: str) -> None:
 
 async def test_invalid_header(backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", "-H", "no-colon", server=backend)
-    assert_clean_failure(result, 1, "invalid header")
+    assert_failure(result, 1, "invalid header")
 
 
 # --- error statuses ---------------------------------------------------------------------------
@@ -287,7 +288,7 @@ async def test_invalid_header(backend: str) -> None:
 async def test_error_status_exit_code(backend: str, code: str, number: int) -> None:
     request = json.dumps({"msg": f"error:{code}:it failed"})
     result = await run_cli("call", "Echo/Echo", request, server=backend)
-    assert_clean_failure(result, 64 + number)
+    assert_failure(result, 64 + number)
     assert result.stderr == f"ERROR: {code}: it failed\n"
     assert result.stdout == ""
 
@@ -295,7 +296,7 @@ async def test_error_status_exit_code(backend: str, code: str, number: int) -> N
 async def test_error_details_are_shown(backend: str) -> None:
     request = json.dumps({"msg": "error-details:NOT_FOUND:nope"})
     result = await run_cli("call", "Echo/Echo", request, server=backend)
-    assert_clean_failure(result, 69)
+    assert_failure(result, 69)
     lines = result.stderr.splitlines()
     assert lines[0] == "ERROR: NOT_FOUND: nope"
     assert lines[1].startswith("  detail google.rpc.ErrorInfo: ")
@@ -306,7 +307,7 @@ async def test_error_details_are_shown(backend: str) -> None:
 async def test_error_in_the_middle_of_a_stream(backend: str) -> None:
     stdin = '{"msg": "a"}\n{"msg": "error:ABORTED:stop here"}\n{"msg": "b"}\n'
     result = await run_cli("call", "Echo/Chat", "@-", server=backend, stdin=stdin)
-    assert_clean_failure(result, 64 + 10, "ERROR: ABORTED: stop here")
+    assert_failure(result, 64 + 10, "ERROR: ABORTED: stop here")
     assert result.stdout == '{"msg":"a"}\n'
 
 
@@ -348,41 +349,39 @@ async def test_timeout(backend: str) -> None:
 
 async def test_bad_json(backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", '{"msg": ', server=backend)
-    assert_clean_failure(result, 1, "invalid JSON in request data at line 1")
+    assert_failure(result, 1, "invalid JSON in request data at line 1")
 
 
 async def test_bad_json_on_stdin_names_the_line(backend: str) -> None:
     stdin = '{"msg": "a"}\n{"msg": oops}\n'
     result = await run_cli("call", "Echo/Collect", "@-", server=backend, stdin=stdin)
-    assert_clean_failure(result, 1, "invalid JSON in stdin at line 2, column 9")
+    assert_failure(result, 1, "invalid JSON in stdin at line 2, column 9")
 
 
 async def test_unknown_field(backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", '{"mesage": "x"}', server=backend)
-    assert_clean_failure(
-        result, 1, "request 1: unknown field 'mesage' in grpctunnel.demo.v1.EchoRequest"
-    )
+    assert_failure(result, 1, "request 1: unknown field 'mesage' in grpctunnel.demo.v1.EchoRequest")
 
 
 async def test_unknown_field_in_a_stream(backend: str) -> None:
     stdin = '{"msg": "a"}\n{"nope": 1}\n'
     result = await run_cli("call", "Echo/Chat", "@-", server=backend, stdin=stdin)
-    assert_clean_failure(result, 1, "request 2: unknown field 'nope'")
+    assert_failure(result, 1, "request 2: unknown field 'nope'")
 
 
 async def test_wrong_value_type(backend: str) -> None:
     result = await run_cli("call", "Echo/Expand", '{"count": "lots"}', server=backend)
-    assert_clean_failure(result, 1, 'request 1: field count: expected a 32-bit integer, got "lots"')
+    assert_failure(result, 1, 'request 1: field count: expected a 32-bit integer, got "lots"')
 
 
 async def test_two_messages_for_a_unary_method(backend: str) -> None:
     result = await run_cli("call", "Echo/Echo", '{"msg":"a"}{"msg":"b"}', server=backend)
-    assert_clean_failure(result, 1, "exactly one")
+    assert_failure(result, 1, "exactly one")
 
 
 async def test_missing_file(backend: str, tmp_path: Path) -> None:
     result = await run_cli("call", "Echo/Echo", f"@{tmp_path / 'missing.json'}", server=backend)
-    assert_clean_failure(result, 1, "cannot read request data", "missing.json")
+    assert_failure(result, 1, "cannot read request data", "missing.json")
 
 
 async def test_usage_error_exit_code() -> None:
@@ -427,14 +426,14 @@ def silent_listener() -> Iterator[int]:
 async def test_connection_refused_fails_fast(closed_port: int) -> None:
     started = time.monotonic()
     result = await run_cli("call", "Echo/Echo", server=f"127.0.0.1:{closed_port}")
-    assert_clean_failure(result, 1, f"cannot connect to 127.0.0.1:{closed_port}")
+    assert_failure(result, 1, f"cannot connect to 127.0.0.1:{closed_port}")
     assert time.monotonic() - started < 8  # well under the 10 s default connect timeout
 
 
 async def test_unresponsive_server_hits_the_connect_timeout(silent_listener: int) -> None:
     started = time.monotonic()
     result = await run_cli("list", "--connect-timeout", "1", server=f"127.0.0.1:{silent_listener}")
-    assert_clean_failure(result, 1, "no connection within 1s", "--connect-timeout")
+    assert_failure(result, 1, "no connection within 1s", "--connect-timeout")
     assert time.monotonic() - started < 8
 
 
@@ -520,4 +519,4 @@ async def test_demo_backend_command(
 async def test_demo_backend_port_in_use(backend: str) -> None:
     port = backend.rsplit(":", 1)[1]
     result = await run_cli("demo-backend", "--port", port)
-    assert_clean_failure(result, 1, f"cannot listen on 127.0.0.1:{port}")
+    assert_failure(result, 1, f"cannot listen on 127.0.0.1:{port}")

@@ -16,13 +16,13 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from support.launcher import Launcher, no_traceback
+from support.launcher import Launcher, assert_failure, no_traceback
 
 from grpctunnel.gateway.reflection_client import V1, V1ALPHA, ask
 from grpctunnel_cli.reflection import DescriptorSource
 from grpctunnel_demo.v1 import echo_pb2
 
-from .helpers import Result, assert_clean_failure, run_cli
+from .helpers import Result, run_cli
 from .kv_backend import KV_PROTO, KV_SERVICE, PROTOS
 
 pytestmark = pytest.mark.timeout(90)
@@ -131,7 +131,7 @@ async def test_expose_with_bad_schema_files_fails_at_once(
         "expose", kv_backend, "--to", server[1], "--proto", str(bad),
         env={"GRPCTUNNEL_CACHE_DIR": str(tmp_path)},
     )  # fmt: skip
-    assert_clean_failure(broken, 1, "cannot compile bad.proto", "bad.proto:2:")
+    assert_failure(broken, 1, "cannot compile bad.proto", "bad.proto:2:")
 
     no_services = tmp_path / "types_only.pb"
     no_services.write_bytes(
@@ -140,7 +140,7 @@ async def test_expose_with_bad_schema_files_fails_at_once(
         ).SerializeToString()
     )
     empty = await run_cli("expose", kv_backend, "--to", server[1], "--protoset", str(no_services))
-    assert_clean_failure(empty, 1, "the schema files define no services to expose")
+    assert_failure(empty, 1, "the schema files define no services to expose")
 
 
 def _file_of(descriptor: object, *, services: bool = True) -> descriptor_pb2.FileDescriptorProto:
@@ -175,9 +175,9 @@ async def test_a_service_nothing_describes_does_not_break_describe(
     assert "Traceback" not in everything.stderr
 
     one = await run_cli("describe", "Echo", server=address)
-    assert_clean_failure(one, 1, f"cannot describe service '{ECHO}'", "`expose --proto`")
+    assert_failure(one, 1, f"cannot describe service '{ECHO}'", "`expose --proto`")
     called = await run_cli("call", "Echo/Echo", '{"msg": "hi"}', server=address)
-    assert_clean_failure(called, 1, f"cannot describe service '{ECHO}'")
+    assert_failure(called, 1, f"cannot describe service '{ECHO}'")
 
     # the caller brings the schema: the call goes through
     echo_set = tmp_path / "echo.pb"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
+from support.launcher import assert_failure
 
-from .helpers import Result, assert_clean_failure, run_cli
+from .helpers import Result, run_cli
 from .kv_backend import KV_PROTO, KV_SERVICE, PROTOS
 
 pytestmark = pytest.mark.timeout(90)
@@ -56,7 +57,7 @@ async def test_call_with_proto_files_reaches_a_backend_without_reflection(
     kv_backend: str, tmp_path: Path
 ) -> None:
     without = await grpctunnel("call", "KV/Range", RANGE_FOO, server=kv_backend, cache=tmp_path)
-    assert_clean_failure(without, 1, "does not offer reflection", "--proto or --protoset")
+    assert_failure(without, 1, "does not offer reflection", "--proto or --protoset")
 
     full = await grpctunnel(
         "call", *KV_FILES, f"{KV_SERVICE}/Range", RANGE_FOO, server=kv_backend, cache=tmp_path
@@ -113,9 +114,9 @@ async def test_the_files_are_the_only_schema(kv_backend: str, tmp_path: Path) ->
     result = await grpctunnel(
         "call", *KV_FILES, "grpctunnel.demo.v1.Echo/Echo", server=kv_backend, cache=tmp_path
     )
-    assert_clean_failure(result, 1, "unknown service 'grpctunnel.demo.v1.Echo'", KV_SERVICE)
+    assert_failure(result, 1, "unknown service 'grpctunnel.demo.v1.Echo'", KV_SERVICE)
     method = await grpctunnel("call", *KV_FILES, "KV/Delete", server=kv_backend, cache=tmp_path)
-    assert_clean_failure(method, 1, "has no method 'Delete'", "Range", "Watch")
+    assert_failure(method, 1, "has no method 'Delete'", "Range", "Watch")
 
 
 # --- list and describe ------------------------------------------------------------------------
@@ -219,7 +220,7 @@ async def test_protoset_out_that_cannot_be_written(tmp_path: Path) -> None:
         "describe", *KV_FILES, "--protoset-out", str(tmp_path / "no" / "such" / "dir.pb"), "KV",
         server=NOWHERE, cache=tmp_path,
     )  # fmt: skip
-    assert_clean_failure(result, 1, "cannot write --protoset-out", "No such file or directory")
+    assert_failure(result, 1, "cannot write --protoset-out", "No such file or directory")
 
 
 # --- wrong files ------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ async def test_a_proto_that_does_not_compile_is_one_line_naming_file_and_line(
     bad = tmp_path / "bad.proto"
     bad.write_text('syntax = "proto3";\npackage bad;\nmessage X {\n  int32 a = 1\n}\n')
     result = await grpctunnel("list", "--proto", str(bad), server=NOWHERE, cache=tmp_path)
-    assert_clean_failure(result, 1, "cannot compile bad.proto", "bad.proto:5:1", 'Expected ";"')
+    assert_failure(result, 1, "cannot compile bad.proto", "bad.proto:5:1", 'Expected ";"')
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "cache").exists()
 
@@ -240,7 +241,7 @@ async def test_a_missing_import_is_named(tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.proto"
     lonely.write_text('syntax = "proto3";\nimport "kv/v1/types.proto";\n')
     result = await grpctunnel("list", "--proto", str(lonely), server=NOWHERE, cache=tmp_path)
-    assert_clean_failure(result, 1, "kv/v1/types.proto: File not found")
+    assert_failure(result, 1, "kv/v1/types.proto: File not found")
 
 
 @pytest.mark.parametrize(
@@ -264,14 +265,14 @@ async def test_files_that_cannot_be_read(
 ) -> None:
     for command in ("list", "describe"):
         result = await grpctunnel(command, *args, server=NOWHERE, cache=tmp_path)
-        assert_clean_failure(result, 1, *fragments)
+        assert_failure(result, 1, *fragments)
 
 
 async def test_a_protoset_that_is_not_one(kv_protoset: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pb"
     garbage.write_bytes(b"\xff\xff\xff not a descriptor set")
     result = await grpctunnel("list", "--protoset", str(garbage), server=NOWHERE, cache=tmp_path)
-    assert_clean_failure(result, 1, f"{garbage} is not a protoset")
+    assert_failure(result, 1, f"{garbage} is not a protoset")
 
     # a set written without --include_imports lacks the files it imports
     alone = read_set(kv_protoset)
@@ -279,4 +280,4 @@ async def test_a_protoset_that_is_not_one(kv_protoset: Path, tmp_path: Path) -> 
     lacking = tmp_path / "lacking.pb"
     lacking.write_bytes(partial.SerializeToString())
     result = await grpctunnel("list", "--protoset", str(lacking), server=NOWHERE, cache=tmp_path)
-    assert_clean_failure(result, 1, "kv/v1/kv.proto imports", "--include_imports")
+    assert_failure(result, 1, "kv/v1/kv.proto imports", "--include_imports")

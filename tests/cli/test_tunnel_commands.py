@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from support.launcher import assert_failure
 from support.processes import READY_TIMEOUT, Proc
 
 from grpctunnel.gateway import GatewayServer
@@ -27,7 +28,7 @@ from grpctunnel_cli.rpc_status import FirstStatus, error_status
 from grpctunnel_demo.service import start_demo_backend
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
-from .helpers import GRPCTUNNEL, Result, assert_clean_failure, cli_env, run_cli
+from .helpers import GRPCTUNNEL, Result, cli_env, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,15 +223,15 @@ async def test_headers_and_trailers_cross_the_tunnel(stack: Stack) -> None:
 
 async def test_error_statuses_cross_the_tunnel(stack: Stack) -> None:
     not_found = await call(stack.address, "Echo/Echo", '{"msg": "error:NOT_FOUND:no such thing"}')
-    assert_clean_failure(not_found, NOT_FOUND)
+    assert_failure(not_found, NOT_FOUND)
     assert not_found.stderr == "ERROR: NOT_FOUND: no such thing\n"
     assert not_found.stdout == ""
 
     denied = await call(stack.address, "Echo/Echo", '{"msg": "error:PERMISSION_DENIED:no"}')
-    assert_clean_failure(denied, 64 + 7, "ERROR: PERMISSION_DENIED: no")
+    assert_failure(denied, 64 + 7, "ERROR: PERMISSION_DENIED: no")
 
     detailed = await call(stack.address, "Echo/Echo", '{"msg": "error-details:NOT_FOUND:nope"}')
-    assert_clean_failure(detailed, NOT_FOUND)
+    assert_failure(detailed, NOT_FOUND)
     lines = detailed.stderr.splitlines()
     assert lines[0] == "ERROR: NOT_FOUND: nope"
     assert lines[1].startswith("  detail google.rpc.ErrorInfo: "), lines
@@ -247,25 +248,25 @@ async def test_error_statuses_cross_the_tunnel(stack: Stack) -> None:
         "@-",
         stdin='{"msg": "a"}\n{"msg": "error:ABORTED:stop here"}\n{"msg": "b"}\n',
     )
-    assert_clean_failure(midway, 64 + 10, "ERROR: ABORTED: stop here")
+    assert_failure(midway, 64 + 10, "ERROR: ABORTED: stop here")
     assert midway.stdout == '{"msg":"a"}\n'
     no_traceback(stack.server, stack.exposer)
 
 
 async def test_bad_request_data_through_the_tunnel(stack: Stack) -> None:
     bad = await call(stack.address, "Echo/Echo", '{"msg": ')
-    assert_clean_failure(bad, 1, "invalid JSON in request data at line 1")
+    assert_failure(bad, 1, "invalid JSON in request data at line 1")
 
     unknown = await call(stack.address, "Echo/Echo", '{"mesage": "x"}')
-    assert_clean_failure(
+    assert_failure(
         unknown, 1, "request 1: unknown field 'mesage' in grpctunnel.demo.v1.EchoRequest"
     )
 
     in_stream = await call(stack.address, "Echo/Collect", "@-", stdin='{"msg": "a"}\n{"nope": 1}\n')
-    assert_clean_failure(in_stream, 1, "request 2: unknown field 'nope'")
+    assert_failure(in_stream, 1, "request 2: unknown field 'nope'")
 
     bad_line = await call(stack.address, "Echo/Collect", "@-", stdin='{"msg": "a"}\n{"msg": x}\n')
-    assert_clean_failure(bad_line, 1, "invalid JSON in stdin at line 2")
+    assert_failure(bad_line, 1, "invalid JSON in stdin at line 2")
     # nothing of it upset the server or the exposer
     after = await call(stack.address, "Echo/Echo", '{"msg": "still fine"}')
     assert after.stdout == '{"msg":"still fine"}\n', after
@@ -280,11 +281,11 @@ async def test_backend_down_and_back(launcher: Launcher, stack: Stack) -> None:
 
     assert await stack.backend.stop() == 0
     down = await call(stack.address, "Echo/Echo", '{"msg": "2"}')
-    assert_clean_failure(
+    assert_failure(
         down, UNAVAILABLE, "ERROR: UNAVAILABLE: ", f"backend {stack.backend_address} unavailable"
     )
     streaming = await call(stack.address, "Echo/Expand", '{"msg": "3"}')
-    assert_clean_failure(streaming, UNAVAILABLE, f"backend {stack.backend_address} unavailable")
+    assert_failure(streaming, UNAVAILABLE, f"backend {stack.backend_address} unavailable")
     # the tunnel stays up: the server still routes to it
     assert stack.exposer.running
     listed = await run_cli("list", server=stack.address)
@@ -332,7 +333,7 @@ async def test_no_exposer(launcher: Launcher, stack: Stack) -> None:
     await stack.server.wait_for(r"tunnel closed: a from", after=mark)
 
     gone = await call(stack.address, f"{ECHO}/Echo", '{"msg": "gone"}')
-    assert_clean_failure(
+    assert_failure(
         gone,
         UNAVAILABLE,
         f"ERROR: UNAVAILABLE: no tunnel exposes service {ECHO}",
@@ -344,7 +345,7 @@ async def test_no_exposer(launcher: Launcher, stack: Stack) -> None:
     # a server that never had the service cannot even describe it
     _, fresh = await launcher.server()
     never = await call(fresh, f"{ECHO}/Echo", '{"msg": "never"}')
-    assert_clean_failure(never, 1, f"unknown service '{ECHO}'", "grpctunnel.v1.TunnelService")
+    assert_failure(never, 1, f"unknown service '{ECHO}'", "grpctunnel.v1.TunnelService")
 
 
 async def test_two_exposers_share_calls_and_pinning(launcher: Launcher) -> None:
@@ -385,7 +386,7 @@ async def test_two_exposers_share_calls_and_pinning(launcher: Launcher) -> None:
     assert a.count(rf"/{ECHO}/Expand", after=a_mark) == 0
 
     nowhere = await call(address, "Echo/Echo", '{"msg": "x"}', "-H", "grpctunnel-tunnel: zz")
-    assert_clean_failure(
+    assert_failure(
         nowhere,
         UNAVAILABLE,
         f"no tunnel exposes service {ECHO} through tunnel 'zz'",
@@ -409,7 +410,7 @@ async def test_expose_to_a_server_without_the_tunnel_service(launcher: Launcher)
     _, backend = await launcher.backend()
     started = time.monotonic()
     result = await run_cli("expose", backend, "--to", backend, "--name", "x")
-    assert_clean_failure(result, 1, f"server {backend} refused the tunnel", "UNIMPLEMENTED")
+    assert_failure(result, 1, f"server {backend} refused the tunnel", "UNIMPLEMENTED")
     assert time.monotonic() - started < 8
 
 
@@ -420,7 +421,7 @@ async def test_expose_a_backend_without_reflection(
     refused = await run_cli(
         "expose", no_reflection_backend, "--to", server[1], "--name", "nr", timeout=20
     )
-    assert_clean_failure(refused, 1, "does not offer server reflection", "--service")
+    assert_failure(refused, 1, "does not offer server reflection", "--service")
 
     exposer = await launcher.exposer(no_reflection_backend, server, "nr", "--service", ECHO)
     assert f"exposing {ECHO}" in exposer.output
@@ -491,7 +492,7 @@ async def test_serve_on_a_port_in_use(launcher: Launcher) -> None:
     _, address = await launcher.server()
     port = address.rsplit(":", 1)[1]
     result = await run_cli("serve", "--port", port)
-    assert_clean_failure(result, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert_failure(result, 1, f"cannot listen on 127.0.0.1:{port}", "in use")
 
 
 # --- demo and help ----------------------------------------------------------------------------
@@ -548,7 +549,7 @@ async def test_abort_in_the_middle_of_a_busy_stream_keeps_its_status(stack: Stac
             assert result.returncode == 64 + 13, result
             lost += 1
             continue
-        assert_clean_failure(result, 64 + 10, "ERROR: ABORTED: stop here")
+        assert_failure(result, 64 + 10, "ERROR: ABORTED: stop here")
         assert result.stdout == '{"msg":"a"}\n'
     assert lost <= 2, f"{lost} of 10 tries lost their status (grpc/grpc#36066)"
 

@@ -295,3 +295,20 @@ async def test_closing_a_tunnel_by_name_reaches_the_node_that_holds_it(fleet: Fl
     await exposer.wait_for(r"closed by an administrator", after=closing)
     await n2.proc.wait_for(r"closing tunnel far \(1 open\) on request", after=held)
     no_traceback(n1.proc, n2.proc, exposer)
+
+
+async def test_a_node_counts_the_tunnels_its_tokens_refuse(fleet: Fleet) -> None:
+    """With tokens, a node's interceptor refuses a tunnel without one, and its metrics
+    count the refusal, as a single serve's do."""
+    from observability.stack import METRICS_AT, scrape
+
+    n1 = await fleet.node("--metrics-port", "0", "--token", "node-secret")
+    url = (await n1.proc.wait_for(METRICS_AT)).group(1)
+    backend = await fleet.backend()
+    refused = await run_cli("expose", backend, "--to", n1.address, "--name", "nobody")
+    assert refused.returncode == 1, refused
+    assert "UNAUTHENTICATED" in refused.stderr, refused.stderr
+    after = await scrape(url)
+    assert (
+        after.get("grpctunnel_tunnel_events_total", event="refused", reason="unauthenticated") == 1
+    )

@@ -87,9 +87,15 @@ CLI_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Result:
+    """How a command that ran to its end ended, and what it wrote."""
+
     returncode: int
     stdout: str
     stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
 
 
 async def run_cli(*args: str, timeout: float = CLI_TIMEOUT, **env: str) -> Result:
