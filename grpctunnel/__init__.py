@@ -16,12 +16,9 @@ if TYPE_CHECKING:
     from grpctunnel.client import PendingChannel, ReverseTunnelServer, ServedTunnel
     from grpctunnel.handler import ReverseTunnel, TunnelServiceHandler
     from grpctunnel.options import TunnelClientOptions, TunnelOptions, TunnelServiceHandlerOptions
+    from grpctunnel.rpc import TunnelServiceStub, add_TunnelServiceServicer_to_server
     from grpctunnel.serving import TunnelServicerContext
-    from grpctunnel.v1.tunnel_pb2_grpc import (
-        TunnelServiceServicer,
-        TunnelServiceStub,
-        add_TunnelServiceServicer_to_server,
-    )
+    from grpctunnel.v1.tunnel_pb2_grpc import TunnelServiceServicer
 
 __all__ = [
     "PendingChannel",
@@ -54,9 +51,9 @@ _LAZY = {
     "TunnelServiceHandler": "grpctunnel.handler",
     "TunnelServiceHandlerOptions": "grpctunnel.options",
     "TunnelServiceServicer": "grpctunnel.v1.tunnel_pb2_grpc",
-    "TunnelServiceStub": "grpctunnel.v1.tunnel_pb2_grpc",
+    "TunnelServiceStub": "grpctunnel.rpc",
     "TunnelServicerContext": "grpctunnel.serving",
-    "add_TunnelServiceServicer_to_server": "grpctunnel.v1.tunnel_pb2_grpc",
+    "add_TunnelServiceServicer_to_server": "grpctunnel.rpc",
 }
 
 

@@ -17,6 +17,7 @@ from grpctunnel.calls import CallingSession, unavailable_error
 from grpctunnel.channel import SingleSession, TunnelChannel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
 from grpctunnel.options import TunnelClientOptions
+from grpctunnel.rpc import writes_encoded_frames
 from grpctunnel.serving import ServiceRegistrar, ServingSession
 from grpctunnel.session import FrameStream, Received, Sent, TunnelClosed
 from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
@@ -161,7 +162,10 @@ class PendingChannel:
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenTunnel, opts, metadata, timeout, wait_for_ready
         )
-        session = calling_session(call, TunnelOpening(headers, "tunnel server"), opts)
+        opening = TunnelOpening(
+            headers, "tunnel server", encoded_frames=writes_encoded_frames(self._stub)
+        )
+        session = calling_session(call, opening, opts)
         tunnel = ForwardTunnel(session, call)
         limit = opts.establishment_timeout
         if deadline is not None:  # what is left of the one deadline of the opening
@@ -273,9 +277,10 @@ class ReverseTunnelServer(ServiceRegistrar):
         call, headers = await _open_tunnel_rpc(
             self._stub.OpenReverseTunnel, opts, metadata, timeout, wait_for_ready
         )
-        session = serving_session(
-            call, TunnelOpening(headers, "tunnel server"), opts, self.registry
+        opening = TunnelOpening(
+            headers, "tunnel server", encoded_frames=writes_encoded_frames(self._stub)
         )
+        session = serving_session(call, opening, opts, self.registry)
         tunnel = ServedTunnel(session, call)
         self._tunnels.add(tunnel)
         tunnel.task.add_done_callback(lambda _: self._tunnels.discard(tunnel))

@@ -108,14 +108,21 @@ class TunnelRecord:
 class _TunnelServicer(tunnel_pb2_grpc.TunnelServiceServicer):
     """The grpc servicer of ``TunnelService``, bound to one handler."""
 
-    def __init__(self, handler: TunnelServiceHandler) -> None:
+    def __init__(self, handler: TunnelServiceHandler, *, encoded_frames: bool = False) -> None:
         self._handler = handler
+        self._encoded_frames = encoded_frames
+
+    def with_encoded_frames(self) -> _TunnelServicer:
+        """The servicer whose tunnels write frames in their wire form: what
+        ``grpctunnel.add_TunnelServiceServicer_to_server`` registers, its serializers
+        taking them (the generated registration does not)."""
+        return _TunnelServicer(self._handler, encoded_frames=True)
 
     async def OpenTunnel(self, request_iterator: object, context: ForwardContext) -> None:  # type: ignore[override]
-        await self._handler._serve_forward(context)
+        await self._handler._serve_forward(context, self._encoded_frames)
 
     async def OpenReverseTunnel(self, request_iterator: object, context: ReverseContext) -> None:  # type: ignore[override]
-        await self._handler._serve_reverse(context)
+        await self._handler._serve_reverse(context, self._encoded_frames)
 
 
 class TunnelServiceHandler(ServiceRegistrar):
@@ -215,8 +222,12 @@ class TunnelServiceHandler(ServiceRegistrar):
 
     # -- the RPCs ---------------------------------------------------------------------
 
-    def _opening(self, context: TunnelContext) -> TunnelOpening:
-        return TunnelOpening(tuple(context.invocation_metadata() or ()), context.peer())
+    def _opening(self, context: TunnelContext, encoded_frames: bool) -> TunnelOpening:
+        return TunnelOpening(
+            tuple(context.invocation_metadata() or ()),
+            context.peer(),
+            encoded_frames=encoded_frames,
+        )
 
     async def _admit(
         self, context: TunnelContext, kind: str, opening: TunnelOpening
@@ -273,8 +284,8 @@ class TunnelServiceHandler(ServiceRegistrar):
             session.close(reason, code)
             await context.abort(code, reason)
 
-    async def _serve_forward(self, context: ForwardContext) -> None:
-        opening = self._opening(context)
+    async def _serve_forward(self, context: ForwardContext, encoded_frames: bool = False) -> None:
+        opening = self._opening(context, encoded_frames)
         record = await self._admit(context, "forward", opening)
         try:
             await self._run_forward(context, record, opening)
@@ -303,7 +314,7 @@ class TunnelServiceHandler(ServiceRegistrar):
         finally:
             self._forward.discard(session)
 
-    async def _serve_reverse(self, context: ReverseContext) -> None:
+    async def _serve_reverse(self, context: ReverseContext, encoded_frames: bool = False) -> None:
         if self.options.no_reverse_tunnels:
             await self._refuse(
                 context,
@@ -311,7 +322,7 @@ class TunnelServiceHandler(ServiceRegistrar):
                 grpc.StatusCode.UNIMPLEMENTED,
                 "this server does not accept reverse tunnels",
             )
-        opening = self._opening(context)
+        opening = self._opening(context, encoded_frames)
         record = await self._admit(context, "reverse", opening)
         try:
             await self._run_reverse(context, record, opening)

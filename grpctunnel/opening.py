@@ -34,9 +34,11 @@ class TunnelOpening:
 
     ``TunnelOpening(metadata, peer)`` reads the agreement from the headers; the
     keyword arguments state it instead (an in-memory tunnel has no headers to read).
+    ``encoded_frames`` says whether this side's end of the tunnel RPC takes frames in
+    their wire form (see :mod:`grpctunnel.rpc`).
     """
 
-    __slots__ = ("batches", "extended", "metadata", "negotiated", "peer")
+    __slots__ = ("batches", "encoded_frames", "extended", "metadata", "negotiated", "peer")
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class TunnelOpening:
         negotiated: bool | None = None,
         extended: bool | None = None,
         batches: bool | None = None,
+        encoded_frames: bool = False,
     ) -> None:
         self.metadata: MetadataPairs = tuple(metadata)
         self.peer = peer
@@ -55,11 +58,15 @@ class TunnelOpening:
         self.extended = md.peer_has_extensions(metadata) if extended is None else extended
         # the peer reads several frames in one message of the tunnel RPC
         self.batches = md.peer_batches(metadata) if batches is None else batches
+        # this side's tunnel RPC serializes frames in their wire form (grpctunnel.rpc):
+        # not the peer's doing, but how this side opened or registered the RPC
+        self.encoded_frames = encoded_frames
 
     def __repr__(self) -> str:
         return (
             f"TunnelOpening(peer={self.peer!r}, negotiated={self.negotiated}, "
-            f"extended={self.extended}, batches={self.batches})"
+            f"extended={self.extended}, batches={self.batches}, "
+            f"encoded_frames={self.encoded_frames})"
         )
 
 

@@ -99,6 +99,7 @@ class TunnelOptions:
             supported_revisions=(0,) if self.disable_flow_control else SUPPORTED_REVISIONS,
             max_concurrent_streams=self.max_concurrent_streams,
             batching=opening.batches,
+            encoded_data_frames=opening.encoded_frames,
         )
 
 

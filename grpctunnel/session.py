@@ -30,6 +30,7 @@ from grpctunnel.protocol import (
     ServingConnection,
 )
 from grpctunnel.protocol import events as ev
+from grpctunnel.protocol.batch import Encoded
 from grpctunnel.v1 import tunnel_pb2
 
 if TYPE_CHECKING:
@@ -317,8 +318,9 @@ class Session(Generic[Conn, In, Out]):
                 self._wake.set()
 
     async def _write_loop(self) -> None:
-        # the connection's frames are this side's Out frames (no type ties Conn to Out)
-        write = cast("Callable[[Frame], Awaitable[None]]", self.stream.write)
+        # the connection's frames are this side's Out frames, or frames in their wire
+        # form when the stream's serializer takes them (no type ties Conn to Out)
+        write = cast("Callable[[Frame | Encoded], Awaitable[None]]", self.stream.write)
         take = self.conn.take_frames
         wake = self._wake
         while True:

@@ -32,10 +32,10 @@ from grpctunnel.channel import TunnelChannel
 from grpctunnel.client import ForwardTunnel, ServedTunnel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
 from grpctunnel.options import TunnelOptions
+from grpctunnel.protocol.wire import decode_client_frame, decode_server_frame
 from grpctunnel.reverse import ReverseTunnel
 from grpctunnel.serving import ServiceRegistrar, ServingSession
 from grpctunnel.session import EOF, Frame, TunnelClosed
-from grpctunnel.v1 import tunnel_pb2
 
 F = TypeVar("F", bound=Frame)
 R = TypeVar("R", bound=Frame)
@@ -137,11 +137,13 @@ class TunnelPair:
             negotiated=self.negotiate,
             extended=self.extended,
             batches=self.extended,
+            encoded_frames=True,  # the pipe serializes each frame with its own method
         )
 
     async def __aenter__(self) -> TunnelPair:
-        to_serving = _Pipe(tunnel_pb2.ClientToServer.FromString)
-        to_calling = _Pipe(tunnel_pb2.ServerToClient.FromString)
+        # the tunnel RPC's own (de)serializers (grpctunnel.rpc): frames go as bytes
+        to_serving = _Pipe(decode_client_frame)
+        to_calling = _Pipe(decode_server_frame)
         serving_end = _End(to_serving, to_calling)
         calling_end = _End(to_calling, to_serving)
         # the accepting side sees the dialling side's metadata

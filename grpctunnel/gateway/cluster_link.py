@@ -32,7 +32,7 @@ from grpctunnel.gateway.announce import PIN_HEADER
 from grpctunnel.gateway.cluster_auth import NodeAuth
 from grpctunnel.opening import TunnelOpening, calling_session
 from grpctunnel.options import TunnelClientOptions
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.rpc import TunnelServiceStub, writes_encoded_frames
 
 log = logging.getLogger("grpctunnel")
 
@@ -164,7 +164,7 @@ class PeerLink:
         return tunnel
 
     async def _dial(self) -> ForwardTunnel:
-        stub = tunnel_pb2_grpc.TunnelServiceStub(self._grpc_channel())  # type: ignore[no-untyped-call]
+        stub = TunnelServiceStub(self._grpc_channel())
         sent = (
             *md.tunnel_open_headers(),
             *self._tunnel_options.metadata,
@@ -186,7 +186,9 @@ class PeerLink:
             call.cancel()
             raise
         session = calling_session(
-            call, TunnelOpening(headers, self.describe()), self._tunnel_options
+            call,
+            TunnelOpening(headers, self.describe(), encoded_frames=writes_encoded_frames(stub)),
+            self._tunnel_options,
         )
         tunnel = ForwardTunnel(session, call)
         ready = asyncio.ensure_future(session.wait_ready())

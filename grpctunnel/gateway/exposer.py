@@ -46,7 +46,7 @@ from grpctunnel.gateway.schema_files import SchemaIndex
 from grpctunnel.gateway.schema_reflection import SchemaReflection
 from grpctunnel.metadata import MetadataPairs
 from grpctunnel.options import DEFAULT_ESTABLISHMENT_TIMEOUT, TunnelClientOptions
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.rpc import TunnelServiceStub
 
 log = logging.getLogger("grpctunnel.gateway.exposer")
 
@@ -398,7 +398,7 @@ class Exposer:
                         epoch=config.epoch,
                     )
                     options = config.tunnel_options((*announce, *config.metadata))
-                    stub = tunnel_pb2_grpc.TunnelServiceStub(server_channel)  # type: ignore[no-untyped-call]
+                    stub = TunnelServiceStub(server_channel)
                     rts = ReverseTunnelServer(stub, options)
                     rts.add_generic_rpc_handlers(self._handlers())
                     tunnel = await rts.serve(timeout=config.connect_timeout, wait_for_ready=False)

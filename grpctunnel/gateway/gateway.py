@@ -99,7 +99,7 @@ from grpctunnel.gateway.reflection import MergedReflection
 from grpctunnel.gateway.reflection_client import REFLECTION_V1, REFLECTION_V1ALPHA
 from grpctunnel.handler import ReverseTunnel, TunnelRecord, TunnelServiceHandler
 from grpctunnel.options import TunnelServiceHandlerOptions
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.rpc import add_TunnelServiceServicer_to_server
 
 if TYPE_CHECKING:
     from grpctunnel.gateway.metrics import GatewayMetrics
@@ -209,7 +209,7 @@ class Gateway:
 
     def attach(self, server: grpc.aio.Server) -> None:
         """Serves the tunnel service, the gateway and reflection/health on ``server``."""
-        tunnel_pb2_grpc.add_TunnelServiceServicer_to_server(self.handler.service(), server)  # type: ignore[no-untyped-call]
+        add_TunnelServiceServicer_to_server(self.handler.service(), server)
         self._register(server, direct=True)
 
     def interceptors(self) -> list[AuthInterceptor]:

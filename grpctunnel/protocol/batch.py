@@ -17,22 +17,32 @@ as itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from grpctunnel.protocol.errors import Code, ProtocolError
 from grpctunnel.v1 import tunnel_pb2
 
 Frame = TypeVar("Frame", tunnel_pb2.ClientToServer, tunnel_pb2.ServerToClient)
 
+
+class Encoded(Protocol):
+    """A frame already in its wire form (``grpctunnel.protocol.wire.EncodedFrame``)."""
+
+    def ByteSize(self) -> int: ...
+
+    def SerializeToString(self) -> bytes: ...
+
+
 BATCH_FRAME_LIMIT = 16 * 1024  # frames this large or larger are never batched
 BATCH_BYTES = 256 * 1024  # encoded frames in one batch, at most
 
 
-def pack(frames: list[Frame]) -> list[Frame]:
-    """The frames to write, runs of small ones packed into batches, order kept."""
+def pack(frames: list[Frame | Encoded]) -> list[Frame | Encoded]:
+    """The frames to write, runs of small ones packed into batches, order kept. A frame
+    already in its wire form (``Encoded``: a large chunk of data) always goes alone."""
     if len(frames) < 2:
         return frames
-    out: list[Frame] = []
+    out: list[Frame | Encoded] = []
     group: list[Frame] = []
     size = 0
     for frame in frames:
@@ -43,13 +53,13 @@ def pack(frames: list[Frame]) -> list[Frame]:
             if n >= BATCH_FRAME_LIMIT:
                 out.append(frame)
                 continue
-        group.append(frame)
+        group.append(frame)  # type: ignore[arg-type]  # (an Encoded one is never this small)
         size += n
     _close_group(group, out)
     return out
 
 
-def _close_group(group: list[Frame], out: list[Frame]) -> None:
+def _close_group(group: list[Frame], out: list[Frame | Encoded]) -> None:
     if len(group) == 1:
         out.append(group[0])
     elif group:

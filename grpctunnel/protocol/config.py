@@ -51,6 +51,8 @@ class ConnectionConfig:
     streams the peer may have open at once (serving side; None: no limit).
     ``batching``: both sides announced the batch extension, so several frames travel
     in one message of the tunnel RPC. ``max_unsent_control_frames``: see above.
+    ``encoded_data_frames``: the tunnel RPC's serializer writes frames encoded by hand
+    (:mod:`grpctunnel.protocol.wire`), so large chunks of message data go out as those.
     """
 
     negotiated: bool
@@ -61,6 +63,7 @@ class ConnectionConfig:
     max_concurrent_streams: int | None = None
     batching: bool = False
     max_unsent_control_frames: int = DEFAULT_MAX_UNSENT_CONTROL_FRAMES
+    encoded_data_frames: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.receive_window <= MAX_WINDOW:

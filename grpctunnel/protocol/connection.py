@@ -48,9 +48,9 @@ from typing import Generic, TypeVar
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
-from grpctunnel.protocol import batch
+from grpctunnel.protocol import batch, wire
 from grpctunnel.protocol import events as ev
-from grpctunnel.protocol.batch import Frame  # the frames this end sends
+from grpctunnel.protocol.batch import Encoded, Frame  # the frames this end sends
 from grpctunnel.protocol.config import DEFAULT_WINDOW, ConnectionConfig
 from grpctunnel.protocol.errors import Code, ProtocolError, UsageError
 from grpctunnel.protocol.stream import (
@@ -168,11 +168,11 @@ class _Connection(Generic[Frame, PeerFrame]):
         st.buffered -= size
         self._release(st, held + st.release_partial())
 
-    def take_frames(self, max_bytes: int = 1 << 20) -> list[Frame]:
+    def take_frames(self, max_bytes: int = 1 << 20) -> list[Frame | Encoded]:
         """Frames to write now, in order: control frames first, then one frame per
         ready stream in turn, until about ``max_bytes`` of message data is taken.
         With batching, runs of small frames come packed into batch frames."""
-        out: list[Frame] = list(self._control)
+        out: list[Frame | Encoded] = list(self._control)
         self._control.clear()
         budget = max_bytes
         ready = self._ready
@@ -232,7 +232,7 @@ class _Connection(Generic[Frame, PeerFrame]):
         if credit:
             self._control.append(self._window_update_frame(st.stream_id, credit))
 
-    def _emit_one(self, st: Stream, out: list[Frame]) -> int:
+    def _emit_one(self, st: Stream, out: list[Frame | Encoded]) -> int:
         """Frames the head of the stream's queue (or one chunk of it) into ``out``;
         returns the number of message bytes framed."""
         item = st.outq[0]
@@ -241,14 +241,22 @@ class _Connection(Generic[Frame, PeerFrame]):
             n = st.send_window.allowance(min(remaining, self.config.max_chunk_size))
             if n <= 0 and remaining > 0:
                 return 0
-            if item.offset == 0 and n == remaining:
-                chunk = item.data
+            if n >= wire.ENCODED_CHUNK_MIN and self.config.encoded_data_frames:
+                # in its wire form: one copy of the chunk, cut from a view of the message
+                view = memoryview(item.data)[item.offset : item.offset + n]
+                if item.offset == 0:
+                    out.append(wire.message_frame(st.stream_id, len(item.data), view))
+                else:
+                    out.append(wire.more_data_frame(st.stream_id, view))
             else:
-                chunk = item.data[item.offset : item.offset + n]
-            if item.offset == 0:
-                out.append(self._message_frame(st.stream_id, len(item.data), chunk))
-            else:
-                out.append(self._more_data_frame(st.stream_id, chunk))
+                if item.offset == 0 and n == remaining:
+                    chunk = item.data
+                else:
+                    chunk = item.data[item.offset : item.offset + n]
+                if item.offset == 0:
+                    out.append(self._message_frame(st.stream_id, len(item.data), chunk))
+                else:
+                    out.append(self._more_data_frame(st.stream_id, chunk))
             item.offset += n
             st.send_window.spend(n)
             st.queued_bytes -= n
@@ -259,7 +267,7 @@ class _Connection(Generic[Frame, PeerFrame]):
         self._emit_control_item(st, item, out)
         return 0
 
-    def _emit_control_item(self, st: Stream, item: OutItem, out: list[Frame]) -> None:
+    def _emit_control_item(self, st: Stream, item: OutItem, out: list[Frame | Encoded]) -> None:
         raise NotImplementedError
 
     def _message_frame(self, stream_id: int, size: int, chunk: bytes) -> Frame:
@@ -301,12 +309,12 @@ class _Connection(Generic[Frame, PeerFrame]):
         st.partial = PartialMessage(size)
         return self._on_chunk(st, data.data)
 
-    def _on_more_data(self, st: Stream, chunk: bytes) -> list[ev.Event]:
+    def _on_more_data(self, st: Stream, chunk: bytes | memoryview) -> list[ev.Event]:
         if st.partial is None:
             return [self._fail_stream(st, "message data arrived with no message in progress")]
         return self._on_chunk(st, chunk)
 
-    def _on_chunk(self, st: Stream, chunk: bytes) -> list[ev.Event]:
+    def _on_chunk(self, st: Stream, chunk: bytes | memoryview) -> list[ev.Event]:
         p = st.partial
         assert p is not None
         n = len(chunk)
@@ -341,7 +349,9 @@ class _Connection(Generic[Frame, PeerFrame]):
             self._release(st, st.release_partial())
             return []
         st.partial = None
-        data = p.chunks[0] if len(p.chunks) == 1 else b"".join(p.chunks)
+        chunks = p.chunks
+        # a message is bytes, even one whose only chunk is a view (wire.DataFrameIn)
+        data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
         st.unread += 1
         st.unread_unreleased.append((p.size, p.size - p.released))
         return [ev.MessageReceived(st.stream_id, data)]
@@ -505,7 +515,7 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer, tunnel_pb2.Server
         return ev.StreamFailed(st.stream_id, code or self._stream_error_code, message)
 
     def _emit_control_item(
-        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ClientToServer]
+        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ClientToServer | Encoded]
     ) -> None:
         if item.kind is ItemKind.NEW_STREAM:
             out.append(
@@ -732,7 +742,7 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.Client
         return ev.StreamFailed(st.stream_id, code, message)
 
     def _emit_control_item(
-        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ServerToClient]
+        self, st: Stream, item: OutItem, out: list[tunnel_pb2.ServerToClient | Encoded]
     ) -> None:
         stream_id = st.stream_id
         if item.kind is ItemKind.HEADERS:

@@ -232,7 +232,7 @@ class PartialMessage:
     """A message whose chunks are still arriving."""
 
     size: int
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: list[bytes | memoryview] = field(default_factory=list)  # views: wire.DataFrameIn
     received: int = 0
     released: int = 0  # bytes already granted back as flow credit
 

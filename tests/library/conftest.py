@@ -39,6 +39,7 @@ from grpctunnel import (
     add_TunnelServiceServicer_to_server,
 )
 from grpctunnel.testing import TunnelPair
+from grpctunnel.v1 import tunnel_pb2_grpc
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
 ECHO = "/grpctunnel.demo.v1.Echo/"
@@ -318,6 +319,13 @@ class Backend:
         channel = grpc.aio.insecure_channel(self.target)
         self.channels.append(channel)
         return TunnelServiceStub(channel)
+
+    def dial_generated(self) -> tunnel_pb2_grpc.TunnelServiceStub:
+        """The generated stub (protobuf frames both ways, as any other peer's code reads
+        and writes them) over a fresh grpc channel to this server."""
+        channel = grpc.aio.insecure_channel(self.target)
+        self.channels.append(channel)
+        return tunnel_pb2_grpc.TunnelServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def stop(self) -> None:
         if not self.stopped:

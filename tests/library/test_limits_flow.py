@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from grpctunnel import TunnelClientOptions, TunnelServiceHandlerOptions
+from grpctunnel.v1.tunnel_pb2 import ServerToClient as S2C
 from grpctunnel_demo.v1 import echo_pb2
 
 from .conftest import ALL_MODES, GRPC_MODES, MAIN_MODES, Env, EnvFactory, echo, payload, wait
@@ -225,7 +226,8 @@ async def test_revision_zero_has_no_window_updates(make_env: EnvFactory) -> None
 
     def spy(*args: object) -> list[object]:
         frames = take(*args)
-        sent.extend(f.WhichOneof("frame") for f in frames)
+        # read back from the bytes (a large data frame is taken in its wire form)
+        sent.extend(S2C.FromString(f.SerializeToString()).WhichOneof("frame") for f in frames)
         return frames
 
     serving.conn.take_frames = spy

@@ -88,7 +88,7 @@ class RawTunnel:
             metadata.append(NEGOTIATE)
         if extensions:
             metadata.append(("grpctunnel-extensions", "binary-base64"))
-        tunnel = cls(backend.dial().OpenTunnel(metadata=tuple(metadata)))
+        tunnel = cls(backend.dial_generated().OpenTunnel(metadata=tuple(metadata)))
         tunnel.headers = list(await wait(tunnel.call.initial_metadata()))
         if negotiate:
             first = await tunnel.read()
@@ -470,7 +470,7 @@ class RawReverse:
     @classmethod
     async def open(cls, backend: Backend, *, negotiate: bool) -> RawReverse:
         metadata = (NEGOTIATE, ("name", "raw")) if negotiate else (("name", "raw"),)
-        raw = cls(backend.dial().OpenReverseTunnel(metadata=metadata))
+        raw = cls(backend.dial_generated().OpenReverseTunnel(metadata=metadata))
         await wait(raw.call.initial_metadata())
         return raw
 
@@ -603,7 +603,7 @@ async def test_batched_call_is_served_and_answered_in_batches(
     backend_with_bystander: tuple[Any, Any],
 ) -> None:
     backend, _ = backend_with_bystander
-    raw = RawTunnel(backend.dial().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
+    raw = RawTunnel(backend.dial_generated().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
     headers = dict(await raw.call.initial_metadata())
     assert "batch" in headers["grpctunnel-extensions"].split(",")
     settings = await raw.read()
@@ -646,7 +646,7 @@ async def test_batch_from_a_peer_that_did_not_negotiate_it_ends_the_tunnel(
 
 async def test_nested_batch_ends_the_tunnel(backend_with_bystander: tuple[Any, Any]) -> None:
     backend, _ = backend_with_bystander
-    raw = RawTunnel(backend.dial().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
+    raw = RawTunnel(backend.dial_generated().OpenTunnel(metadata=(NEGOTIATE, BOTH_EXTENSIONS)))
     await raw.call.initial_metadata()
     await raw.read()  # settings
     await raw.send(batch_of(batch_of(new_stream(1, revision=1, window=65536))))

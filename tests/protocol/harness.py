@@ -27,6 +27,7 @@ from grpctunnel.protocol import (
     SettingsReceived,
     StreamOpened,
 )
+from grpctunnel.protocol.wire import EncodedFrame, decode_client_frame, decode_server_frame
 from grpctunnel.v1 import tunnel_pb2
 
 C2S = tunnel_pb2.ClientToServer
@@ -316,6 +317,8 @@ class Pair:
         self.s2c_log: list[S2C] = []
         self.batches_c2s = 0  # batch frames sent
         self.batches_s2c = 0
+        self.encoded_c2s = 0  # frames sent in their wire form (grpctunnel.protocol.wire)
+        self.encoded_s2c = 0
         self.delivered_c2s: dict[int, int] = {}  # message bytes taken in by the server
         self.delivered_s2c: dict[int, int] = {}  # message bytes taken in by the client
         self.in_flight_c2s: deque[C2S] = deque()
@@ -328,22 +331,30 @@ class Pair:
 
     def flush_client(self) -> int:
         frames = self.client.take_frames()
-        for f in frames:
+        for sent in frames:
+            self.encoded_c2s += isinstance(sent, EncodedFrame)  # already in its wire form
+            raw = sent.SerializeToString()
+            f = C2S.FromString(raw)
             self.batches_c2s += bool(f.batch)
             for one in plain_frames(f):
                 self.checker.client_sent(one)
                 self.c2s_log.append(one)
-            self.in_flight_c2s.append(wire(f))  # type: ignore[arg-type]
+            # read as the tunnel RPC reads it: a large data frame by hand (wire.DataFrameIn)
+            self.in_flight_c2s.append(decode_client_frame(raw))
         return len(frames)
 
     def flush_server(self) -> int:
         frames = self.server.take_frames()
-        for f in frames:
+        for sent in frames:
+            self.encoded_s2c += isinstance(sent, EncodedFrame)  # already in its wire form
+            raw = sent.SerializeToString()
+            f = S2C.FromString(raw)
             self.batches_s2c += bool(f.batch)
             for one in plain_frames(f):
                 self.checker.server_sent(one)
                 self.s2c_log.append(one)
-            self.in_flight_s2c.append(wire(f))  # type: ignore[arg-type]
+            # read as the tunnel RPC reads it: a large data frame by hand (wire.DataFrameIn)
+            self.in_flight_s2c.append(decode_server_frame(raw))
         return len(frames)
 
     def deliver_to_server(self, limit: int | None = None) -> int:

@@ -1,0 +1,99 @@
+"""The TunnelService stub and registration that ``grpctunnel`` exports write large data
+frames in their wire form and read them by hand (grpctunnel.rpc, grpctunnel.protocol.wire);
+the generated ones (grpctunnel.v1.tunnel_pb2_grpc) do neither. Every pairing of the two,
+forward and reverse, carries large messages intact both ways, and a tunnel uses the wire
+form exactly where its own end of the RPC can take it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+import grpctunnel
+from grpctunnel import PendingChannel, ReverseTunnelServer, TunnelServiceHandler
+from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel_demo.service import EchoServicer
+from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
+
+SIZES = (0, 100, 16 * 1024, 1024 * 1024 + 7, 3 * 1024 * 1024)
+PAIRINGS = [(s, c) for s in ("ours", "generated") for c in ("ours", "generated")]
+
+
+def _stub(kind: str, channel: grpc.aio.Channel) -> tunnel_pb2_grpc.TunnelServiceStub:
+    if kind == "ours":
+        return grpctunnel.TunnelServiceStub(channel)
+    return tunnel_pb2_grpc.TunnelServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+async def _server(kind: str, handler: TunnelServiceHandler) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    if kind == "ours":
+        grpctunnel.add_TunnelServiceServicer_to_server(handler.service(), server)
+    else:
+        tunnel_pb2_grpc.add_TunnelServiceServicer_to_server(handler.service(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def _echo_all(channel: grpc.aio.Channel) -> None:
+    stub = echo_pb2_grpc.EchoStub(channel)
+    for size in SIZES:
+        reply = await stub.Echo(echo_pb2.EchoRequest(msg="x" * size), timeout=30)
+        assert reply.msg == "x" * size
+    # a stream of large messages each way
+    requests = [echo_pb2.EchoRequest(msg=chr(97 + i) * (600_000 + i)) for i in range(4)]
+
+    async def send() -> AsyncIterator[echo_pb2.EchoRequest]:
+        for request in requests:
+            yield request
+
+    replies = [r.msg async for r in stub.Chat(send(), timeout=30)]
+    assert replies == [r.msg for r in requests]
+
+
+@pytest.fixture
+async def handler() -> AsyncIterator[TunnelServiceHandler]:
+    handler = TunnelServiceHandler()
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), handler)
+    yield handler
+    await handler.close()
+
+
+@pytest.mark.parametrize(("server_kind", "client_kind"), PAIRINGS)
+async def test_forward_tunnels_carry_large_messages_in_every_pairing(
+    handler: TunnelServiceHandler, server_kind: str, client_kind: str
+) -> None:
+    server, target = await _server(server_kind, handler)
+    try:
+        async with grpc.aio.insecure_channel(target) as raw:
+            tunnel = await PendingChannel(_stub(client_kind, raw)).start(timeout=10)
+            async with tunnel:
+                session = tunnel._source.pick()  # type: ignore[attr-defined]
+                assert session.conn.config.encoded_data_frames is (client_kind == "ours")
+                (served,) = handler._forward
+                assert served.conn.config.encoded_data_frames is (server_kind == "ours")
+                await _echo_all(tunnel)
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(("server_kind", "client_kind"), PAIRINGS)
+async def test_reverse_tunnels_carry_large_messages_in_every_pairing(
+    handler: TunnelServiceHandler, server_kind: str, client_kind: str
+) -> None:
+    server, target = await _server(server_kind, handler)
+    try:
+        async with grpc.aio.insecure_channel(target) as raw:
+            exposer = ReverseTunnelServer(_stub(client_kind, raw))
+            echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), exposer)
+            served = await exposer.serve(timeout=10)
+            reverse = await handler.wait_for_reverse_tunnel()
+            assert served.session.conn.config.encoded_data_frames is (client_kind == "ours")
+            assert reverse.session.conn.config.encoded_data_frames is (server_kind == "ours")
+            await _echo_all(handler.as_channel())
+            await exposer.stop()
+    finally:
+        await server.stop(None)
