@@ -21,6 +21,7 @@ import grpc
 from grpctunnel import metadata as md
 from grpctunnel.protocol import CallingConnection, UsageError
 from grpctunnel.protocol import events as ev
+from grpctunnel.protocol.wire import message_input
 from grpctunnel.session import EOF, FrameStream, Session
 from grpctunnel.v1 import tunnel_pb2
 
@@ -133,7 +134,7 @@ class TunnelCall:
         self._deadline = self._loop.time() + timeout if timeout is not None else None
         self._session: CallingSession | None = None
         self._stream_id = 0
-        self._messages: deque[bytes] = deque()
+        self._messages: deque[bytes | memoryview] = deque()
         # set when a message arrives or the call ends: wakes every reader waiting
         self._message_ready = asyncio.Event()
         self._opened = asyncio.Event()
@@ -469,10 +470,12 @@ class TunnelCall:
             self._session.conn.message_consumed(self._stream_id)
             if self._session.conn.wants_to_send():
                 self._session.flush()
-        if self._deserializer is None:
+        deserializer = self._deserializer
+        data = message_input(data, deserializer)
+        if deserializer is None:
             return data
         try:
-            return self._deserializer(data)
+            return deserializer(data)  # type: ignore[arg-type]  # a view: protobuf's FromString
         except Exception as e:
             self._abort(grpc.StatusCode.INTERNAL, f"Exception deserializing response: {e!r}")
             raise self._error() from None

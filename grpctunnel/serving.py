@@ -46,6 +46,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpctunnel import metadata as md
 from grpctunnel.protocol import Code, ServingConnection
 from grpctunnel.protocol import events as ev
+from grpctunnel.protocol.wire import message_input
 from grpctunnel.session import EOF, FrameStream, Session
 from grpctunnel.v1 import tunnel_pb2
 
@@ -425,7 +426,7 @@ class ServerCall:
         self.method = method
         self.handler = handler
         self._loop = asyncio.get_running_loop()
-        self._requests: deque[bytes] = deque()
+        self._requests: deque[bytes | memoryview] = deque()
         self._half_closed = False
         # set when a request arrives, or the requests end: wakes every reader waiting
         self._request_ready = asyncio.Event()
@@ -509,6 +510,7 @@ class ServerCall:
         if conn.wants_to_send():
             self.session.flush()
         deserializer = self.handler.request_deserializer
+        data = message_input(data, deserializer)
         if deserializer is None:
             return data
         try:

@@ -209,7 +209,9 @@ class _Connection(Generic[Frame, PeerFrame]):
             return [self._fail_stream(st, step.reason.format(frame=kind))]
         return []
 
-    def _queue_message(self, st: Stream, data: bytes) -> None:
+    def _queue_message(self, st: Stream, data: bytes | memoryview) -> None:
+        if type(data) is not bytes:  # a message received as a view, sent on: bytes to frame
+            data = bytes(data)
         st.outq.append(OutItem(ItemKind.MESSAGE, data=data))
         st.queued_bytes += len(data)
         self._schedule(st)
@@ -350,8 +352,9 @@ class _Connection(Generic[Frame, PeerFrame]):
             return []
         st.partial = None
         chunks = p.chunks
-        # a message is bytes, even one whose only chunk is a view (wire.DataFrameIn)
-        data = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
+        # a message that came whole in one frame read by hand stays a view of that frame
+        # (wire.DataFrameIn): wire.message_input gives its reader bytes when it needs them
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         st.unread += 1
         st.unread_unreleased.append((p.size, p.size - p.released))
         return [ev.MessageReceived(st.stream_id, data)]
@@ -409,7 +412,7 @@ class CallingConnection(_Connection[tunnel_pb2.ClientToServer, tunnel_pb2.Server
         self._schedule(st)
         return stream_id
 
-    def send_message(self, stream_id: int, data: bytes) -> bool:
+    def send_message(self, stream_id: int, data: bytes | memoryview) -> bool:
         """Queues one whole request. False if the stream is half-closed or finished."""
         st = self._streams.get(stream_id)
         if st is None or self._advance(st, StreamInput.SEND_REQUEST).outcome is Outcome.REFUSE:
@@ -594,7 +597,7 @@ class ServingConnection(_Connection[tunnel_pb2.ServerToClient, tunnel_pb2.Client
         self._schedule(st)
         return True
 
-    def send_message(self, stream_id: int, data: bytes) -> bool:
+    def send_message(self, stream_id: int, data: bytes | memoryview) -> bool:
         """Queues one response message (empty headers first, if none were sent:
         headers always precede messages). False if the stream is closing or over."""
         st = self._streams.get(stream_id)

@@ -50,7 +50,7 @@ class MessageReceived:
     ``message_consumed`` once the application has taken it, to grant flow credit."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview  # a view when it came in one frame read by hand (wire)
 
 
 @dataclass(frozen=True, slots=True)

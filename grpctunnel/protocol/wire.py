@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import Message
+
 from grpctunnel.protocol.batch import BATCH_FRAME_LIMIT
 from grpctunnel.v1 import tunnel_pb2
 
@@ -206,6 +208,24 @@ def decode_server_frame(raw: bytes) -> Any:
     return frame if frame is not None else tunnel_pb2.ServerToClient.FromString(raw)
 
 
+def message_input(data: bytes | memoryview, deserializer: object) -> bytes | memoryview:
+    """A message received, as ``deserializer`` (None: the bytes themselves) takes it.
+    A view (a message that came whole in one frame read by hand) goes as it is to a
+    protobuf class's ``FromString``, which reads any buffer, saving a copy of the whole
+    message; everything else gets bytes, as gRPC gives them (an identity relay, a
+    function written for bytes)."""
+    if type(data) is bytes:
+        return data
+    owner = getattr(deserializer, "__self__", None)
+    if (
+        isinstance(owner, type)
+        and issubclass(owner, Message)
+        and getattr(deserializer, "__name__", None) == "FromString"
+    ):
+        return data
+    return bytes(data)
+
+
 __all__ = [
     "ENCODED_CHUNK_MIN",
     "DataFrameIn",
@@ -213,5 +233,6 @@ __all__ = [
     "decode_client_frame",
     "decode_server_frame",
     "message_frame",
+    "message_input",
     "more_data_frame",
 ]

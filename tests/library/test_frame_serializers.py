@@ -97,3 +97,33 @@ async def test_reverse_tunnels_carry_large_messages_in_every_pairing(
             await exposer.stop()
     finally:
         await server.stop(None)
+
+
+async def test_a_reader_written_for_bytes_gets_bytes(handler: TunnelServiceHandler) -> None:
+    """A message that came whole in one frame read by hand is a view of that frame; only
+    a protobuf parser is given the view, any other deserializer gets bytes as from gRPC."""
+
+    def shout(request: str, context: object) -> str:
+        assert type(request) is str
+        return request.upper()
+
+    method = grpc.unary_unary_rpc_method_handler(
+        shout, request_deserializer=bytes.decode, response_serializer=str.encode
+    )
+    handler.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t.Shout", {"Shout": method}),)
+    )
+    server, target = await _server("ours", handler)
+    try:
+        async with grpc.aio.insecure_channel(target) as raw:
+            tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+            async with tunnel:
+                call = tunnel.unary_unary(
+                    "/t.Shout/Shout",
+                    request_serializer=str.encode,
+                    response_deserializer=bytes.decode,
+                )
+                text = "abc" * 400_000  # 1.2 MiB: one frame each way between our peers
+                assert await call(text, timeout=30) == text.upper()
+    finally:
+        await server.stop(None)

@@ -19,6 +19,7 @@ from grpctunnel.protocol.wire import (
     decode_client_frame,
     decode_server_frame,
     message_frame,
+    message_input,
     more_data_frame,
 )
 from grpctunnel.v1 import tunnel_pb2
@@ -243,3 +244,15 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def test_a_view_goes_only_to_a_protobuf_parser() -> None:
+    frame = message_frame(1, 20_000, bytes(20_000))
+    view = decode_client_frame(frame.encoded).data
+    assert isinstance(view, memoryview)
+    assert message_input(view, tunnel_pb2.ClientToServer.FromString) is view
+    for reader in (None, bytes.decode, lambda b: b):
+        given = message_input(view, reader)
+        assert type(given) is bytes and given == bytes(20_000)
+    data = b"abc"
+    assert message_input(data, None) is data and message_input(data, bytes.decode) is data
