@@ -236,7 +236,7 @@ async def main() -> None:
         for _ in range(ns.repeat):
             for label, address in (("holding", ah), ("relaying", ar)):
                 rate, _ = await calls(address, ns.calls, 16)
-                _, p50 = await calls(address, max(300, ns.calls // 10), 1)
+                _, p50 = await calls(address, max(300, ns.calls // 3), 1)
                 runs[label].append((rate, p50))
         relay: dict[str, Any] = {}
         for label, measured in runs.items():

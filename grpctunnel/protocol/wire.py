@@ -73,7 +73,8 @@ class EncodedFrame:
         return f"EncodedFrame(stream_id={self.stream_id}, {len(self.encoded)} bytes)"
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` (at least 0) as a protobuf varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -84,22 +85,22 @@ def _varint(value: int) -> bytes:
 
 def _stream_id_field(stream_id: int) -> bytes:
     # proto3 leaves a zero out; an int64 below zero is written as its 64-bit complement
-    return _STREAM_ID_TAG + _varint(stream_id & _INT64_MASK) if stream_id else b""
+    return _STREAM_ID_TAG + varint(stream_id & _INT64_MASK) if stream_id else b""
 
 
 def message_frame(stream_id: int, size: int, chunk: bytes | memoryview) -> EncodedFrame:
     """The frame that begins a message of ``size`` bytes with ``chunk``
     (``request_message`` or ``response_message``, the same field number)."""
     n = len(chunk)
-    inner = (_SIZE_TAG + _varint(size) if size else b"") + (_DATA_TAG + _varint(n) if n else b"")
-    header = _stream_id_field(stream_id) + _MESSAGE_TAG + _varint(len(inner) + n) + inner
+    inner = (_SIZE_TAG + varint(size) if size else b"") + (_DATA_TAG + varint(n) if n else b"")
+    header = _stream_id_field(stream_id) + _MESSAGE_TAG + varint(len(inner) + n) + inner
     return EncodedFrame(stream_id, b"".join((header, chunk)))
 
 
 def more_data_frame(stream_id: int, chunk: bytes | memoryview) -> EncodedFrame:
     """A frame that carries the next ``chunk`` of a message begun earlier
     (``more_request_data`` or ``more_response_data``, the same field number)."""
-    header = _stream_id_field(stream_id) + _MORE_DATA_TAG + _varint(len(chunk))
+    header = _stream_id_field(stream_id) + _MORE_DATA_TAG + varint(len(chunk))
     return EncodedFrame(stream_id, b"".join((header, chunk)))
 
 
@@ -235,4 +236,5 @@ __all__ = [
     "message_frame",
     "message_input",
     "more_data_frame",
+    "varint",
 ]

@@ -21,6 +21,7 @@ from grpctunnel.protocol.wire import (
     message_frame,
     message_input,
     more_data_frame,
+    varint,
 )
 from grpctunnel.v1 import tunnel_pb2
 
@@ -28,6 +29,19 @@ from .harness import C2S, S2C, Pair, payload, plain_frames
 
 int64s = st.integers(-(2**63), 2**63 - 1)
 uint32s = st.integers(0, 2**32 - 1)
+
+
+def take_all(c: CallingConnection) -> list[object]:
+    """Every frame the connection has to send (bounded: it has a few megabytes queued)."""
+    taken: list[object] = []
+    for _ in range(200):
+        frames = c.take_frames()
+        if not frames:
+            return taken
+        taken += frames
+    raise AssertionError("the connection kept producing frames")
+
+
 chunks = st.one_of(st.binary(max_size=300), st.sampled_from([b"", b"\x00", bytes(20000)]))
 
 
@@ -80,12 +94,7 @@ def test_encoded_frames_only_when_configured_and_only_for_large_chunks() -> None
         c.send_message(sid, payload(ENCODED_CHUNK_MIN - 1, 1))
         c.send_message(sid, payload(ENCODED_CHUNK_MIN, 2))
         c.send_message(sid, payload(150_000, 3))  # 64 KiB, 64 KiB, then 21,072 bytes
-        taken = []
-        for _ in range(20):
-            frames = c.take_frames()
-            if not frames:
-                break
-            taken += frames
+        taken = take_all(c)
         raw = [f for f in taken if isinstance(f, EncodedFrame)]
         assert len(raw) == (4 if encoded else 0)
         data = b"".join(
@@ -145,13 +154,7 @@ def test_a_go_sized_chunking_of_a_large_message_uses_views_not_copies_of_it() ->
     sid = c.open_stream("/svc/M")
     message = payload(1024 * 1024, 7)
     c.send_message(sid, message)
-    frames = []
-    for _ in range(200):
-        taken = c.take_frames()
-        if not taken:
-            break
-        frames += taken
-    data = [f for f in frames if isinstance(f, EncodedFrame)]
+    data = [f for f in take_all(c) if isinstance(f, EncodedFrame)]
     assert len(data) == 64
     decoded = [C2S.FromString(f.encoded) for f in data]
     assert decoded[0].request_message.size == len(message)
@@ -229,21 +232,12 @@ def test_a_large_frame_of_another_shape_is_left_to_protobuf() -> None:
     unknown_after = plain + b"\x40\x01"  # an unknown field 8 after the data
     assert isinstance(decode_client_frame(unknown_after), C2S)
     # size written after the data: valid protobuf, not the plain shape
-    inner = b"\x12" + _varint(len(chunk)) + chunk + b"\x08" + _varint(20_000)
-    swapped = b"\x08\x05\x1a" + _varint(len(inner)) + inner
+    inner = b"\x12" + varint(len(chunk)) + chunk + b"\x08" + varint(20_000)
+    swapped = b"\x08\x05\x1a" + varint(len(inner)) + inner
     read = decode_client_frame(swapped)
     assert isinstance(read, C2S) and read.request_message.size == 20_000
     with pytest.raises(DecodeError):
         decode_client_frame(plain[:-1])  # truncated: protobuf's error, as before
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def test_a_view_goes_only_to_a_protobuf_parser() -> None:
