@@ -17,7 +17,7 @@ from grpctunnel.calls import CallingSession, unavailable_error
 from grpctunnel.channel import SingleSession, TunnelChannel
 from grpctunnel.opening import TunnelOpening, calling_session, serving_session
 from grpctunnel.options import TunnelClientOptions
-from grpctunnel.rpc import writes_encoded_frames
+from grpctunnel.rpc import tunnel_rpc
 from grpctunnel.serving import ServiceRegistrar, ServingSession
 from grpctunnel.session import FrameStream, Received, Sent, TunnelClosed
 from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
@@ -159,12 +159,9 @@ class PendingChannel:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         call: _DialledRpc[S2C, C2S]
-        call, headers = await _open_tunnel_rpc(
-            self._stub.OpenTunnel, opts, metadata, timeout, wait_for_ready
-        )
-        opening = TunnelOpening(
-            headers, "tunnel server", encoded_frames=writes_encoded_frames(self._stub)
-        )
+        rpc, encoded = tunnel_rpc(self._stub, reverse=False)
+        call, headers = await _open_tunnel_rpc(rpc, opts, metadata, timeout, wait_for_ready)
+        opening = TunnelOpening(headers, "tunnel server", encoded_frames=encoded)
         session = calling_session(call, opening, opts)
         tunnel = ForwardTunnel(session, call)
         limit = opts.establishment_timeout
@@ -274,12 +271,9 @@ class ReverseTunnelServer(ServiceRegistrar):
         wait for: it sends the settings, and the server opens calls whenever it wants."""
         opts = self.options
         call: _DialledRpc[C2S, S2C]
-        call, headers = await _open_tunnel_rpc(
-            self._stub.OpenReverseTunnel, opts, metadata, timeout, wait_for_ready
-        )
-        opening = TunnelOpening(
-            headers, "tunnel server", encoded_frames=writes_encoded_frames(self._stub)
-        )
+        rpc, encoded = tunnel_rpc(self._stub, reverse=True)
+        call, headers = await _open_tunnel_rpc(rpc, opts, metadata, timeout, wait_for_ready)
+        opening = TunnelOpening(headers, "tunnel server", encoded_frames=encoded)
         session = serving_session(call, opening, opts, self.registry)
         tunnel = ServedTunnel(session, call)
         self._tunnels.add(tunnel)

@@ -114,8 +114,8 @@ class _TunnelServicer(tunnel_pb2_grpc.TunnelServiceServicer):
 
     def with_encoded_frames(self) -> _TunnelServicer:
         """The servicer whose tunnels write frames in their wire form: what
-        ``grpctunnel.add_TunnelServiceServicer_to_server`` registers, its serializers
-        taking them (the generated registration does not)."""
+        ``grpctunnel.add_TunnelServiceServicer_to_server`` registers, with serializers
+        that take them; only for that (the generated registration's would fail)."""
         return _TunnelServicer(self._handler, encoded_frames=True)
 
     async def OpenTunnel(self, request_iterator: object, context: ForwardContext) -> None:  # type: ignore[override]

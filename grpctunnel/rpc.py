@@ -11,10 +11,11 @@ by hand, its chunk a view of the bytes received. A tunnel opened through
 with one copy instead of four on the way out and none instead of two on the way in. The
 bytes on the wire are the same either way.
 
-A tunnel learns which it got when it opens: a stub of this module says so
-(:func:`writes_encoded_frames`), and the handler's servicer registered here is the
-variant whose tunnels write encoded frames (``with_encoded_frames``). A servicer or a
-stub of the generated code gets protobuf frames only.
+A tunnel learns which it got when it opens: :func:`tunnel_rpc` picks the encoded RPC of
+a stub of this module, and the handler's servicer registered here is the variant whose
+tunnels write encoded frames (``with_encoded_frames``). Everything else (a generated
+stub, the ``OpenTunnel`` / ``OpenReverseTunnel`` of this stub called directly, a
+servicer of your own) sees protobuf frames, as generated code does.
 """
 
 from __future__ import annotations
@@ -41,46 +42,55 @@ def serialize_frame(frame: _Serializable) -> bytes:
 
 
 class TunnelServiceStub(tunnel_pb2_grpc.TunnelServiceStub):
-    """The client of ``TunnelService`` (as the generated stub), whose tunnels write
-    large data frames in their wire form."""
+    """The client of ``TunnelService``: the generated stub, whose ``OpenTunnel`` and
+    ``OpenReverseTunnel`` stay as generated (protobuf frames, for code that reads and
+    writes frames itself), plus the same two RPCs with the tunnel's own
+    (de)serializers, which :class:`~grpctunnel.PendingChannel` and
+    :class:`~grpctunnel.ReverseTunnelServer` open (see :func:`tunnel_rpc`)."""
 
-    writes_encoded_frames = True
-
-    def __init__(self, channel: grpc.aio.Channel | grpc.Channel) -> None:
-        # not the generated __init__: its multicallables serialize protobuf frames only
-        self.OpenTunnel = channel.stream_stream(
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)  # type: ignore[no-untyped-call]
+        self.open_tunnel_encoded = channel.stream_stream(
             _OPEN_TUNNEL,
             request_serializer=serialize_frame,
             response_deserializer=decode_server_frame,
         )
-        self.OpenReverseTunnel = channel.stream_stream(
+        self.open_reverse_tunnel_encoded = channel.stream_stream(
             _OPEN_REVERSE_TUNNEL,
             request_serializer=serialize_frame,
             response_deserializer=decode_client_frame,
         )
 
 
-def writes_encoded_frames(stub: object) -> bool:
-    """Whether the tunnels opened through ``stub`` may write frames in their wire form
-    (a stub of this module; not the generated one)."""
-    return getattr(stub, "writes_encoded_frames", False) is True
+def tunnel_rpc(stub: tunnel_pb2_grpc.TunnelServiceStub, *, reverse: bool) -> tuple[Any, bool]:
+    """The RPC that opens a tunnel (``OpenReverseTunnel`` with ``reverse``) through
+    ``stub``, and whether its frames may be in their wire form: the encoded variant of a
+    stub of this module, else the stub's own (a generated stub: protobuf frames)."""
+    if isinstance(stub, TunnelServiceStub):
+        return (stub.open_reverse_tunnel_encoded if reverse else stub.open_tunnel_encoded), True
+    return (stub.OpenReverseTunnel if reverse else stub.OpenTunnel), False
 
 
 def add_TunnelServiceServicer_to_server(servicer: Any, server: Any) -> None:
-    """Adds ``servicer`` (``TunnelServiceHandler.service()``, or any
-    ``TunnelServiceServicer``) to ``server``, as the generated function does; the
-    handler's tunnels served through it write large data frames in their wire form."""
-    variant = getattr(servicer, "with_encoded_frames", None)
-    if callable(variant):
-        servicer = variant()
+    """Adds ``servicer`` to ``server``, as the generated function does. The servicer of
+    a :class:`~grpctunnel.TunnelServiceHandler` (``handler.service()``) is registered
+    with the tunnel's own (de)serializers, its tunnels then writing and reading large
+    data frames in their wire form; any other servicer (one of your own, or a wrapper
+    around the handler's) is registered exactly as the generated function would, and
+    sees protobuf frames."""
+    if "with_encoded_frames" not in type(servicer).__dict__:
+        # not the handler's own servicer (a subclass or a wrapper would be bypassed)
+        tunnel_pb2_grpc.add_TunnelServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        return
+    encoded = servicer.with_encoded_frames()
     handlers = {
         "OpenTunnel": grpc.stream_stream_rpc_method_handler(
-            servicer.OpenTunnel,
+            encoded.OpenTunnel,
             request_deserializer=decode_client_frame,
             response_serializer=serialize_frame,
         ),
         "OpenReverseTunnel": grpc.stream_stream_rpc_method_handler(
-            servicer.OpenReverseTunnel,
+            encoded.OpenReverseTunnel,
             request_deserializer=decode_server_frame,
             response_serializer=serialize_frame,
         ),
@@ -94,5 +104,5 @@ __all__ = [
     "TunnelServiceStub",
     "add_TunnelServiceServicer_to_server",
     "serialize_frame",
-    "writes_encoded_frames",
+    "tunnel_rpc",
 ]

@@ -31,6 +31,7 @@ from grpctunnel.protocol import (
 )
 from grpctunnel.protocol import events as ev
 from grpctunnel.protocol.batch import Encoded
+from grpctunnel.protocol.wire import MAX_MESSAGE_SIZE
 from grpctunnel.v1 import tunnel_pb2
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ class Session(Generic[Conn, In, Out]):
 
     ``opening`` says who the peer is, what metadata it opened the tunnel with, and
     what the opening agreed (binary metadata as base64, frame batches);
-    ``max_send_message_length`` bounds each message this side sends (None: none)."""
+    ``max_send_message_length`` bounds each message this side sends (None: only the
+    protocol's own bound, a size that fits the frame's uint32, 4 GiB less a byte)."""
 
     def __init__(
         self,
@@ -104,7 +106,9 @@ class Session(Generic[Conn, In, Out]):
         self.peer = opening.peer
         self.tunnel_metadata = opening.metadata
         self.binary_base64 = opening.extended
-        self.max_send_message_length = max_send_message_length
+        self.max_send_message_length = min(
+            max_send_message_length or MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE
+        )
         self._listeners: dict[int, StreamListener] = {}
         self.closed = False
         self.close_reason = ""

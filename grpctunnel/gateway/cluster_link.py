@@ -32,7 +32,7 @@ from grpctunnel.gateway.announce import PIN_HEADER
 from grpctunnel.gateway.cluster_auth import NodeAuth
 from grpctunnel.opening import TunnelOpening, calling_session
 from grpctunnel.options import TunnelClientOptions
-from grpctunnel.rpc import TunnelServiceStub, writes_encoded_frames
+from grpctunnel.rpc import TunnelServiceStub, tunnel_rpc
 
 log = logging.getLogger("grpctunnel")
 
@@ -170,7 +170,8 @@ class PeerLink:
             *self._tunnel_options.metadata,
             *self._auth.tunnel_metadata(),
         )
-        call: Any = stub.OpenTunnel(metadata=sent, wait_for_ready=False)
+        rpc, encoded = tunnel_rpc(stub, reverse=False)
+        call: Any = rpc(metadata=sent, wait_for_ready=False)
         try:
             headers = tuple(await call.initial_metadata())
             if call.done():
@@ -187,7 +188,7 @@ class PeerLink:
             raise
         session = calling_session(
             call,
-            TunnelOpening(headers, self.describe(), encoded_frames=writes_encoded_frames(stub)),
+            TunnelOpening(headers, self.describe(), encoded_frames=encoded),
             self._tunnel_options,
         )
         tunnel = ForwardTunnel(session, call)

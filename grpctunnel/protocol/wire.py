@@ -48,6 +48,9 @@ _DATA_TAG = b"\x12"  # MessageData.data, field 2, bytes
 
 _INT64_MASK = (1 << 64) - 1
 
+# the largest message a frame can announce (MessageData.size is a uint32)
+MAX_MESSAGE_SIZE = 0xFFFFFFFF
+
 # chunks this large or larger are encoded here: the batch extension's limit, so that an
 # encoded frame always travels alone, never inside a batch
 ENCODED_CHUNK_MIN = BATCH_FRAME_LIMIT
@@ -229,6 +232,7 @@ def message_input(data: bytes | memoryview, deserializer: object) -> bytes | mem
 
 __all__ = [
     "ENCODED_CHUNK_MIN",
+    "MAX_MESSAGE_SIZE",
     "DataFrameIn",
     "EncodedFrame",
     "decode_client_frame",

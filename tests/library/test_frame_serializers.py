@@ -7,13 +7,15 @@ form exactly where its own end of the RPC can take it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 import grpctunnel
 from grpctunnel import PendingChannel, ReverseTunnelServer, TunnelServiceHandler
-from grpctunnel.v1 import tunnel_pb2_grpc
+from grpctunnel.protocol.wire import MAX_MESSAGE_SIZE
+from grpctunnel.v1 import tunnel_pb2, tunnel_pb2_grpc
 from grpctunnel_demo.service import EchoServicer
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
 
@@ -125,5 +127,75 @@ async def test_a_reader_written_for_bytes_gets_bytes(handler: TunnelServiceHandl
                 )
                 text = "abc" * 400_000  # 1.2 MiB: one frame each way between our peers
                 assert await call(text, timeout=30) == text.upper()
+    finally:
+        await server.stop(None)
+
+
+async def test_a_servicer_of_your_own_sees_protobuf_frames_and_keeps_its_methods(
+    handler: TunnelServiceHandler,
+) -> None:
+    """Registered with grpctunnel's function, a servicer that is not the handler's own
+    (one of yours, or a wrapper around the handler's) is registered as generated code
+    would: its own methods run, and every frame it reads or writes is protobuf. The
+    stub's OpenTunnel, called directly, reads protobuf frames too."""
+    seen: list[str] = []
+
+    class Guard(tunnel_pb2_grpc.TunnelServiceServicer):
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> object:  # forwards the rest to the handler's
+            return getattr(self._inner, name)
+
+        async def OpenTunnel(
+            self, request_iterator: object, context: grpc.aio.ServicerContext
+        ) -> None:  # type: ignore[override]
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "guarded")
+
+    class Relay(tunnel_pb2_grpc.TunnelServiceServicer):
+        async def OpenReverseTunnel(self, request_iterator: Any, context: object) -> Any:  # type: ignore[override]
+            async for frame in request_iterator:
+                seen.append(type(frame).__name__)
+                yield tunnel_pb2.ClientToServer(
+                    stream_id=frame.stream_id, more_request_data=frame.more_response_data
+                )
+
+    server = grpc.aio.server()
+    grpctunnel.add_TunnelServiceServicer_to_server(Guard(handler.service()), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    relay_server = grpc.aio.server()
+    grpctunnel.add_TunnelServiceServicer_to_server(Relay(), relay_server)
+    relay_port = relay_server.add_insecure_port("127.0.0.1:0")
+    await relay_server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as raw:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{relay_port}") as raw:
+            call = grpctunnel.TunnelServiceStub(raw).OpenReverseTunnel()
+            chunk = b"x" * 40_000  # large enough to be read by hand on the encoded RPCs
+            await call.write(tunnel_pb2.ServerToClient(stream_id=1, more_response_data=chunk))
+            await call.done_writing()
+            replies = [frame async for frame in call]
+            assert [type(r) for r in replies] == [tunnel_pb2.ClientToServer]
+            assert replies[0].more_request_data == chunk
+            assert seen == ["ServerToClient"]
+    finally:
+        await server.stop(None)
+        await relay_server.stop(None)
+
+
+async def test_a_tunnel_sends_at_most_what_a_frame_can_announce(
+    handler: TunnelServiceHandler,
+) -> None:
+    server, target = await _server("ours", handler)
+    try:
+        async with grpc.aio.insecure_channel(target) as raw:
+            tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+            async with tunnel:
+                session = tunnel._source.pick()  # type: ignore[attr-defined]
+                assert session.max_send_message_length == MAX_MESSAGE_SIZE == 2**32 - 1
     finally:
         await server.stop(None)
