@@ -106,8 +106,10 @@ class Session(Generic[Conn, In, Out]):
         self.peer = opening.peer
         self.tunnel_metadata = opening.metadata
         self.binary_base64 = opening.extended
-        self.max_send_message_length = min(
-            max_send_message_length or MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE
+        self.max_send_message_length = (
+            MAX_MESSAGE_SIZE
+            if max_send_message_length is None
+            else min(max_send_message_length, MAX_MESSAGE_SIZE)
         )
         self._listeners: dict[int, StreamListener] = {}
         self.closed = False

@@ -243,22 +243,20 @@ class _Connection(Generic[Frame, PeerFrame]):
             n = st.send_window.allowance(min(remaining, self.config.max_chunk_size))
             if n <= 0 and remaining > 0:
                 return 0
+            chunk: bytes | memoryview
             if n >= wire.ENCODED_CHUNK_MIN and self.config.encoded_data_frames:
                 # in its wire form: one copy of the chunk, cut from a view of the message
-                view = memoryview(item.data)[item.offset : item.offset + n]
-                if item.offset == 0:
-                    out.append(wire.message_frame(st.stream_id, len(item.data), view))
-                else:
-                    out.append(wire.more_data_frame(st.stream_id, view))
+                chunk = memoryview(item.data)[item.offset : item.offset + n]
+                first, more = wire.message_frame, wire.more_data_frame
             else:
-                if item.offset == 0 and n == remaining:
-                    chunk = item.data
-                else:
-                    chunk = item.data[item.offset : item.offset + n]
-                if item.offset == 0:
-                    out.append(self._message_frame(st.stream_id, len(item.data), chunk))
-                else:
-                    out.append(self._more_data_frame(st.stream_id, chunk))
+                whole = item.offset == 0 and n == remaining
+                chunk = item.data if whole else item.data[item.offset : item.offset + n]
+                # (these two take bytes, which is what chunk is on this branch)
+                first, more = self._message_frame, self._more_data_frame  # type: ignore[assignment]
+            if item.offset == 0:
+                out.append(first(st.stream_id, len(item.data), chunk))
+            else:
+                out.append(more(st.stream_id, chunk))
             item.offset += n
             st.send_window.spend(n)
             st.queued_bytes -= n

@@ -28,6 +28,18 @@ SCENARIOS = {
 SKIPPED: set[tuple[str, str]] = set()  # every path runs every scenario
 
 
+def _run_py(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """benchmarks/run.py with ``args``, as a user runs it (bounded by ``timeout``)."""
+    return subprocess.run(
+        [sys.executable, str(RUN), *args],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_grpctunnel_executable_is_installed() -> None:
     assert GRPCTUNNEL.exists(), f"the cli path needs {GRPCTUNNEL} (pip install -e .)"
 
@@ -35,14 +47,7 @@ def test_grpctunnel_executable_is_installed() -> None:
 @pytest.mark.timeout(180)
 def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--smoke", "--json", str(out)],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
+    proc = _run_py("--quick", "--smoke", "--json", str(out), timeout=170)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     report = json.loads(out.read_text())
 
@@ -94,14 +99,7 @@ def test_smoke_run_writes_every_scenario_and_path(tmp_path: Path) -> None:
 def test_many_tunnels_runs_from_run_py(tmp_path: Path) -> None:
     """The many-tunnel scenario is a program of its own, reachable by name from run.py."""
     out = tmp_path / "latest.json"
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--scenarios", "many_tunnels", "--json", str(out)],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    proc = _run_py("--smoke", "--scenarios", "many_tunnels", "--json", str(out), timeout=110)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     report = json.loads(out.read_text())
     assert report["errors"] == []
@@ -113,13 +111,6 @@ def test_many_tunnels_runs_from_run_py(tmp_path: Path) -> None:
 
 
 def test_unknown_scenario_is_refused_with_the_known_names(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--scenarios", "nope", "--json", str(tmp_path / "x")],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_py("--smoke", "--scenarios", "nope", "--json", str(tmp_path / "x"), timeout=60)
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr and "many_tunnels" in proc.stderr

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_reflection.v1alpha import reflection
 from support.launcher import Result
 from support.processes import clean_env
+from support.servers import start_on_loopback
 
 from grpctunnel_demo.service import ECHO_SERVICE, EchoServicer, enable_reflection
 from grpctunnel_demo.v1 import echo_pb2, echo_pb2_grpc
@@ -143,9 +144,7 @@ async def _inspect(request: bytes, context: grpc.aio.ServicerContext[object, obj
 
 
 async def _start(server: grpc.aio.Server) -> tuple[grpc.aio.Server, str]:
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
+    return server, await start_on_loopback(server)
 
 
 async def start_two_echo_server() -> tuple[grpc.aio.Server, str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from support.servers import start_on_loopback
 
 PROTOS = Path(__file__).resolve().parent.parent / "protos"
 KV_PROTO = "kv/v1/kv.proto"
@@ -113,6 +114,4 @@ async def start_kv_backend(kv: KvMessages) -> tuple[grpc.aio.Server, str]:
     """kvtest.v1.KV with no reflection at all; the server and its address."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_handlers(kv),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
+    return server, await start_on_loopback(server)

@@ -22,6 +22,7 @@ import pytest
 from rich.console import Console
 from security.certs import Certs, make_certs
 from support.launcher import Launcher, assert_failure
+from support.servers import serving
 
 from grpctunnel.gateway.exposer import ExposeConfig, ExposeStats
 from grpctunnel_cli.cmd_expose import _status_table
@@ -170,12 +171,8 @@ async def stalled_reflection_backend() -> AsyncIterator[str]:
             for version in ("v1", "v1alpha")
         ]
     )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving(server) as target:
+        yield target
 
 
 # --- TLS: --servername, --insecure, https:// --------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from support.processes import clean_env
+from support.servers import serving
 
 from grpctunnel_cli.errors import UsageError
 from grpctunnel_cli.load import (
@@ -203,12 +204,8 @@ async def flaky_backend() -> AsyncIterator[str]:
     server = grpc.aio.server()
     echo_pb2_grpc.add_EchoServicer_to_server(_Flaky(), server)  # type: ignore[no-untyped-call]
     enable_reflection(server, [ECHO_SERVICE])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving(server) as target:
+        yield target
 
 
 async def test_mixed_outcomes_are_counted_and_the_most_common_failure_decides(

@@ -7,10 +7,12 @@ form exactly where its own end of the RPC can take it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 import pytest
+from support.servers import serving
 
 import grpctunnel
 from grpctunnel import PendingChannel, ReverseTunnelServer, TunnelServiceHandler
@@ -29,15 +31,20 @@ def _stub(kind: str, channel: grpc.aio.Channel) -> tunnel_pb2_grpc.TunnelService
     return tunnel_pb2_grpc.TunnelServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
-async def _server(kind: str, handler: TunnelServiceHandler) -> tuple[grpc.aio.Server, str]:
+@asynccontextmanager
+async def _channel_to(server: grpc.aio.Server) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to ``server``, running on loopback for the block."""
+    async with serving(server) as target, grpc.aio.insecure_channel(target) as channel:
+        yield channel
+
+
+def _tunnel_server(kind: str, handler: TunnelServiceHandler) -> grpc.aio.Server:
     server = grpc.aio.server()
     if kind == "ours":
         grpctunnel.add_TunnelServiceServicer_to_server(handler.service(), server)
     else:
         tunnel_pb2_grpc.add_TunnelServiceServicer_to_server(handler.service(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
+    return server
 
 
 async def _echo_all(channel: grpc.aio.Channel) -> None:
@@ -68,37 +75,29 @@ async def handler() -> AsyncIterator[TunnelServiceHandler]:
 async def test_forward_tunnels_carry_large_messages_in_every_pairing(
     handler: TunnelServiceHandler, server_kind: str, client_kind: str
 ) -> None:
-    server, target = await _server(server_kind, handler)
-    try:
-        async with grpc.aio.insecure_channel(target) as raw:
-            tunnel = await PendingChannel(_stub(client_kind, raw)).start(timeout=10)
-            async with tunnel:
-                session = tunnel._source.pick()  # type: ignore[attr-defined]
-                assert session.conn.config.encoded_data_frames is (client_kind == "ours")
-                (served,) = handler._forward
-                assert served.conn.config.encoded_data_frames is (server_kind == "ours")
-                await _echo_all(tunnel)
-    finally:
-        await server.stop(None)
+    async with _channel_to(_tunnel_server(server_kind, handler)) as raw:
+        tunnel = await PendingChannel(_stub(client_kind, raw)).start(timeout=10)
+        async with tunnel:
+            session = tunnel._source.pick()  # type: ignore[attr-defined]
+            assert session.conn.config.encoded_data_frames is (client_kind == "ours")
+            (served,) = handler._forward
+            assert served.conn.config.encoded_data_frames is (server_kind == "ours")
+            await _echo_all(tunnel)
 
 
 @pytest.mark.parametrize(("server_kind", "client_kind"), PAIRINGS)
 async def test_reverse_tunnels_carry_large_messages_in_every_pairing(
     handler: TunnelServiceHandler, server_kind: str, client_kind: str
 ) -> None:
-    server, target = await _server(server_kind, handler)
-    try:
-        async with grpc.aio.insecure_channel(target) as raw:
-            exposer = ReverseTunnelServer(_stub(client_kind, raw))
-            echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), exposer)
-            served = await exposer.serve(timeout=10)
-            reverse = await handler.wait_for_reverse_tunnel()
-            assert served.session.conn.config.encoded_data_frames is (client_kind == "ours")
-            assert reverse.session.conn.config.encoded_data_frames is (server_kind == "ours")
-            await _echo_all(handler.as_channel())
-            await exposer.stop()
-    finally:
-        await server.stop(None)
+    async with _channel_to(_tunnel_server(server_kind, handler)) as raw:
+        exposer = ReverseTunnelServer(_stub(client_kind, raw))
+        echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), exposer)
+        served = await exposer.serve(timeout=10)
+        reverse = await handler.wait_for_reverse_tunnel()
+        assert served.session.conn.config.encoded_data_frames is (client_kind == "ours")
+        assert reverse.session.conn.config.encoded_data_frames is (server_kind == "ours")
+        await _echo_all(handler.as_channel())
+        await exposer.stop()
 
 
 async def test_a_reader_written_for_bytes_gets_bytes(handler: TunnelServiceHandler) -> None:
@@ -115,20 +114,16 @@ async def test_a_reader_written_for_bytes_gets_bytes(handler: TunnelServiceHandl
     handler.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("t.Shout", {"Shout": method}),)
     )
-    server, target = await _server("ours", handler)
-    try:
-        async with grpc.aio.insecure_channel(target) as raw:
-            tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
-            async with tunnel:
-                call = tunnel.unary_unary(
-                    "/t.Shout/Shout",
-                    request_serializer=str.encode,
-                    response_deserializer=bytes.decode,
-                )
-                text = "abc" * 400_000  # 1.2 MiB: one frame each way between our peers
-                assert await call(text, timeout=30) == text.upper()
-    finally:
-        await server.stop(None)
+    async with _channel_to(_tunnel_server("ours", handler)) as raw:
+        tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+        async with tunnel:
+            call = tunnel.unary_unary(
+                "/t.Shout/Shout",
+                request_serializer=str.encode,
+                response_deserializer=bytes.decode,
+            )
+            text = "abc" * 400_000  # 1.2 MiB: one frame each way between our peers
+            assert await call(text, timeout=30) == text.upper()
 
 
 async def test_a_servicer_of_your_own_sees_protobuf_frames_and_keeps_its_methods(
@@ -160,42 +155,30 @@ async def test_a_servicer_of_your_own_sees_protobuf_frames_and_keeps_its_methods
                     stream_id=frame.stream_id, more_request_data=frame.more_response_data
                 )
 
-    server = grpc.aio.server()
-    grpctunnel.add_TunnelServiceServicer_to_server(Guard(handler.service()), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    relay_server = grpc.aio.server()
-    grpctunnel.add_TunnelServiceServicer_to_server(Relay(), relay_server)
-    relay_port = relay_server.add_insecure_port("127.0.0.1:0")
-    await relay_server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as raw:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
-            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{relay_port}") as raw:
-            call = grpctunnel.TunnelServiceStub(raw).OpenReverseTunnel()
-            chunk = b"x" * 40_000  # large enough to be read by hand on the encoded RPCs
-            await call.write(tunnel_pb2.ServerToClient(stream_id=1, more_response_data=chunk))
-            await call.done_writing()
-            replies = [frame async for frame in call]
-            assert [type(r) for r in replies] == [tunnel_pb2.ClientToServer]
-            assert replies[0].more_request_data == chunk
-            assert seen == ["ServerToClient"]
-    finally:
-        await server.stop(None)
-        await relay_server.stop(None)
+    guarded = grpc.aio.server()
+    grpctunnel.add_TunnelServiceServicer_to_server(Guard(handler.service()), guarded)
+    relaying = grpc.aio.server()
+    grpctunnel.add_TunnelServiceServicer_to_server(Relay(), relaying)
+    async with _channel_to(guarded) as raw:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with _channel_to(relaying) as raw:
+        call = grpctunnel.TunnelServiceStub(raw).OpenReverseTunnel()
+        chunk = b"x" * 40_000  # large enough to be read by hand on the encoded RPCs
+        await call.write(tunnel_pb2.ServerToClient(stream_id=1, more_response_data=chunk))
+        await call.done_writing()
+        replies = [frame async for frame in call]
+        assert [type(r) for r in replies] == [tunnel_pb2.ClientToServer]
+        assert replies[0].more_request_data == chunk
+        assert seen == ["ServerToClient"]
 
 
 async def test_a_tunnel_sends_at_most_what_a_frame_can_announce(
     handler: TunnelServiceHandler,
 ) -> None:
-    server, target = await _server("ours", handler)
-    try:
-        async with grpc.aio.insecure_channel(target) as raw:
-            tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
-            async with tunnel:
-                session = tunnel._source.pick()  # type: ignore[attr-defined]
-                assert session.max_send_message_length == MAX_MESSAGE_SIZE == 2**32 - 1
-    finally:
-        await server.stop(None)
+    async with _channel_to(_tunnel_server("ours", handler)) as raw:
+        tunnel = await PendingChannel(grpctunnel.TunnelServiceStub(raw)).start(timeout=10)
+        async with tunnel:
+            session = tunnel._source.pick()  # type: ignore[attr-defined]
+            assert session.max_send_message_length == MAX_MESSAGE_SIZE == 2**32 - 1
